@@ -1,0 +1,1 @@
+"""Modules a user can mix into any SpeechBrain pipeline (``!new:`` from yaml)."""

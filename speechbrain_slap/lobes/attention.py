@@ -1,0 +1,278 @@
+"""Attention over packed clips: one mask definition, several backends.
+
+The rule (``attention_allowed``): token ``i`` may attend to token ``j`` iff both
+belong to the same clip and, for local blocks, ``|i - j| <= window``. SLAP's
+local window is 24 time patches wide (paper Sec. 3.2): +-12 time patches, i.e.
+``LOCAL_WINDOW = 12 * 4 = 48`` tokens at 4 frequency bands per time patch.
+Global blocks use ``window=None``.
+
+Backends, all computing that same mask:
+
+=============  =========================================================
+``varlen``     ``torch.nn.attention.varlen.varlen_attn`` (CUDA, fp16/bf16)
+``flash_attn`` ``flash_attn_varlen_func`` from the flash-attn package
+``flex``       FlexAttention with a BlockMask built from the rule
+``sdpa``       exact reference on any device: padded per-clip SDPA with the
+               dense mask built from the rule
+``auto``       ``varlen`` for fp16/bf16 CUDA tensors, else ``sdpa``
+=============  =========================================================
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import functools
+import importlib.util
+import math
+
+import torch
+
+# +-12 time patches x 4 frequency bands (a 24-patch window).
+LOCAL_WINDOW = 48
+BACKENDS = ("auto", "varlen", "flash_attn", "flex", "sdpa")
+
+
+def attention_allowed(clip_q, clip_k, index_q, index_k, window: int | None):
+    """THE attention rule: same clip and, if ``window`` is set, within the band.
+
+    All arguments broadcast; indices are token positions (packed or per clip,
+    only differences matter).
+
+    Arguments
+    ---------
+    clip_q, clip_k : torch.Tensor
+        Clip ids of the query and key tokens.
+    index_q, index_k : torch.Tensor
+        Positions of the query and key tokens.
+    window : int or None
+        Band half-width in tokens (``LOCAL_WINDOW`` for local blocks), or None
+        for global attention within the clip.
+
+    Returns
+    -------
+    Boolean tensor, True where attention is allowed.
+
+    Example
+    -------
+    >>> clip = torch.tensor([0, 0, 0, 1])
+    >>> idx = torch.arange(4)
+    >>> attention_allowed(clip[:, None], clip[None], idx[:, None], idx[None], 1).int()
+    tensor([[1, 1, 0, 0],
+            [1, 1, 1, 0],
+            [0, 1, 1, 0],
+            [0, 0, 0, 1]], dtype=torch.int32)
+    """
+    allowed = clip_q == clip_k
+    if window is not None:
+        allowed = allowed & ((index_q - index_k).abs() <= window)
+    return allowed
+
+
+def clip_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` clip index of every token from ``(B + 1,)`` cumulative lengths."""
+    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    return torch.repeat_interleave(
+        torch.arange(seqlens.numel(), device=cu_seqlens.device), seqlens
+    )
+
+
+def dense_mask(cu_seqlens: torch.Tensor, window: int | None) -> torch.Tensor:
+    """``(N, N)`` boolean mask of a packed sequence, from the rule.
+
+    Example
+    -------
+    >>> dense_mask(torch.tensor([0, 2, 3]), None).int()
+    tensor([[1, 1, 0],
+            [1, 1, 0],
+            [0, 0, 1]], dtype=torch.int32)
+    """
+    clip = clip_ids(cu_seqlens)
+    index = torch.arange(clip.numel(), device=cu_seqlens.device)
+    return attention_allowed(clip[:, None], clip[None, :], index[:, None], index[None, :], window)
+
+
+def flash_attn_available() -> bool:
+    """True when the optional flash-attn package can be imported."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def varlen_available() -> bool:
+    """True when this torch ships ``torch.nn.attention.varlen`` (>= 2.10)."""
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Maps ``auto`` to a concrete backend and checks an explicit choice.
+
+    Example
+    -------
+    >>> resolve_backend("auto", torch.device("cpu"), torch.float32)
+    'sdpa'
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; expected one of {BACKENDS}")
+    half = dtype in (torch.float16, torch.bfloat16)
+    if name == "auto":
+        if device.type == "cuda" and half and varlen_available():
+            return "varlen"
+        if device.type == "cuda" and half and flash_attn_available():
+            return "flash_attn"
+        return "sdpa"
+    if name in ("varlen", "flash_attn") and (device.type != "cuda" or not half):
+        raise ValueError(
+            f"attention backend {name!r} needs fp16/bf16 CUDA tensors, got {dtype} on "
+            f"{device}; use 'sdpa' or 'auto'"
+        )
+    if name == "flash_attn" and not flash_attn_available():
+        raise ImportError("attention backend 'flash_attn' needs `pip install flash-attn`")
+    if name == "varlen" and not varlen_available():
+        raise ImportError("attention backend 'varlen' needs torch >= 2.10")
+    return name
+
+
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
+class PackedAttention:
+    """Attention over one packed batch; built once per forward, used by every block.
+
+    It holds the layout (``cu_seqlens``, ``max_seqlen``, clip ids) and caches
+    whatever a backend derives from it (padded index and dense masks for
+    ``sdpa``, BlockMasks for ``flex``) so every block reuses them.
+
+    Arguments
+    ---------
+    cu_seqlens : torch.Tensor
+        ``(B + 1,)`` int32 cumulative token counts.
+    max_seqlen : int
+        Longest clip in tokens.
+    backend : str
+        One of ``BACKENDS``.
+
+    Example
+    -------
+    >>> attend = PackedAttention(torch.tensor([0, 5, 8], dtype=torch.int32), 5)
+    >>> q = k = v = torch.randn(8, 2, 16)
+    >>> attend(q, k, v, window=None).shape
+    torch.Size([8, 2, 16])
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(
+                f"unknown attention backend {backend!r}; expected one of {BACKENDS}"
+            )
+        self.cu_seqlens = cu_seqlens.to(torch.int32)
+        self.max_seqlen = int(max_seqlen)
+        self.backend = backend
+        self.clip_id = clip_ids(self.cu_seqlens)
+        self._cache = {}
+
+    def __call__(self, q, k, v, window: int | None):
+        """Attends ``(N, H, Dh)`` queries to keys/values of the same clip.
+
+        Arguments
+        ---------
+        q, k, v : torch.Tensor
+            ``(N, heads, head_dim)`` packed projections.
+        window : int or None
+            Band half-width in tokens, or None for global attention.
+
+        Returns
+        -------
+        ``(N, heads, head_dim)`` attention output.
+        """
+        backend = resolve_backend(self.backend, q.device, q.dtype)
+        return getattr(self, f"_{backend}")(q, k, v, window)
+
+    # -- backends ---------------------------------------------------------
+    def _varlen(self, q, k, v, window):
+        from torch.nn.attention.varlen import varlen_attn
+
+        band = (-1, -1) if window is None else (window, window)
+        cu = self.cu_seqlens
+        return varlen_attn(q, k, v, cu, cu, self.max_seqlen, self.max_seqlen, window_size=band)
+
+    def _flash_attn(self, q, k, v, window):
+        from flash_attn import flash_attn_varlen_func
+
+        band = (-1, -1) if window is None else (window, window)
+        cu = self.cu_seqlens
+        return flash_attn_varlen_func(
+            q, k, v, cu, cu, self.max_seqlen, self.max_seqlen, window_size=band
+        )
+
+    def _flex(self, q, k, v, window):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        key = ("flex", window)
+        if key not in self._cache:
+            clip = self.clip_id
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                return attention_allowed(clip[q_idx], clip[kv_idx], q_idx, kv_idx, window)
+
+            n = clip.numel()
+            self._cache[key] = create_block_mask(
+                mask_mod, None, None, n, n, device=q.device, _compile=q.is_cuda
+            )
+        attend = _compiled_flex_attention() if q.is_cuda else flex_attention
+        out = attend(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            block_mask=self._cache[key],
+        )
+        return out[0].transpose(0, 1)
+
+    def _padded_layout(self, device):
+        """Clip index, local index and the (B, L) validity of the padded layout."""
+        if "layout" not in self._cache:
+            clip = self.clip_id.to(device)
+            local = torch.arange(clip.numel(), device=device) - self.cu_seqlens.to(device)[
+                :-1
+            ].long()[clip]
+            batch = self.cu_seqlens.numel() - 1
+            seqlens = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long().to(device)
+            positions = torch.arange(self.max_seqlen, device=device)
+            valid = positions[None, :] < seqlens[:, None]
+            self._cache["layout"] = (clip, local, valid, positions, batch)
+        return self._cache["layout"]
+
+    def _sdpa(self, q, k, v, window):
+        clip, local, valid, positions, batch = self._padded_layout(q.device)
+        key = ("sdpa", window)
+        if key not in self._cache:
+            # Padding positions get clip id -1 so the rule excludes them as keys;
+            # padding queries attend to themselves only, to keep softmax finite.
+            padded_clip = torch.where(
+                valid, torch.arange(batch, device=q.device)[:, None], -1
+            )
+            allowed = attention_allowed(
+                padded_clip[:, :, None],
+                padded_clip[:, None, :],
+                positions[None, :, None],
+                positions[None, None, :],
+                window,
+            )
+            allowed = allowed | torch.eye(len(positions), dtype=torch.bool, device=q.device)
+            self._cache[key] = allowed[:, None]
+        heads, head_dim = q.shape[1:]
+
+        def to_padded(x):
+            out = x.new_zeros(batch, self.max_seqlen, heads, head_dim)
+            out[clip, local] = x
+            return out.transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            to_padded(q),
+            to_padded(k),
+            to_padded(v),
+            attn_mask=self._cache[key],
+            scale=1.0 / math.sqrt(head_dim),
+        )
+        return out.transpose(1, 2)[clip, local]

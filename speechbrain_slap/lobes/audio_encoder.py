@@ -1,0 +1,283 @@
+"""SLAP audio encoder: a modernised ViT over packed log-mel patches.
+
+Paper Sec. 2.1: bias-free linear patch embedding, Transformer blocks with
+pre-RMSNorm, 2-D RoPE and SwiGLU, no bias in any linear layer, and alternating
+attention: two local (sliding-window) blocks then one global block (block ``i``
+is global iff ``i % 3 == 2``). Clips of any duration are packed into one
+sequence (``lobes/packing.py``) and attention never crosses clips
+(``lobes/attention.py``).
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import torch
+from torch import nn
+
+from speechbrain_slap.lobes.attention import LOCAL_WINDOW, PackedAttention
+from speechbrain_slap.lobes.packing import (
+    PATCH_BINS,
+    PackedBatch,
+    frames_from_relative_lengths,
+    patchify,
+)
+from speechbrain_slap.lobes.rope import AxialRoPE
+
+
+class SwiGLU(nn.Module):
+    """Bias-free SwiGLU feed-forward: ``W_down(silu(W_gate x) * W_up x)``.
+
+    Example
+    -------
+    >>> SwiGLU(32, 64)(torch.randn(5, 32)).shape
+    torch.Size([5, 32])
+    """
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Applies the feed-forward to ``(..., dim)``."""
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate) * up)
+
+
+class PackedSelfAttention(nn.Module):
+    """Bias-free multi-head self-attention with 2-D RoPE over a packed sequence.
+
+    Arguments
+    ---------
+    dim : int
+        Model width.
+    num_heads : int
+        Number of heads.
+    window : int or None
+        Band half-width in tokens for local attention; None for global.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int | None):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.window = window
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, cos, sin, attend: PackedAttention):
+        """``(N, dim)`` -> ``(N, dim)``."""
+        n, dim = x.shape
+        q, k, v = self.qkv(x).view(n, 3, self.num_heads, dim // self.num_heads).unbind(1)
+        q = AxialRoPE.rotate(q, cos, sin)
+        k = AxialRoPE.rotate(k, cos, sin)
+        out = attend(q, k, v, window=self.window)
+        return self.proj(out.reshape(n, dim))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-RMSNorm Transformer block: attention then SwiGLU, both residual."""
+
+    def __init__(self, dim, num_heads, mlp_hidden, window, norm_eps=1e-6):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(dim, eps=norm_eps)
+        self.attn = PackedSelfAttention(dim, num_heads, window)
+        self.norm2 = nn.RMSNorm(dim, eps=norm_eps)
+        self.mlp = SwiGLU(dim, mlp_hidden)
+
+    @property
+    def is_global(self) -> bool:
+        """True for a full (global) attention block."""
+        return self.attn.window is None
+
+    def forward(self, x, cos, sin, attend: PackedAttention):
+        """``(N, dim)`` -> ``(N, dim)``."""
+        x = x + self.attn(self.norm1(x), cos, sin, attend)
+        return x + self.mlp(self.norm2(x))
+
+
+class SLAPAudioEncoder(nn.Module):
+    """The SLAP audio encoder, for packed variable-duration audio.
+
+    Arguments
+    ---------
+    n_mels : int
+        Mel bins of the input (64); a multiple of 16.
+    embed_dim : int
+        Model width (768 in the paper).
+    depth : int
+        Number of blocks (12).
+    num_heads : int
+        Attention heads (12).
+    mlp_hidden : int
+        SwiGLU hidden size (3072).
+    local_window : int
+        Band half-width in tokens of local blocks (48 = +-12 time patches).
+    global_every : int
+        Block ``i`` is global iff ``i % global_every == global_every - 1``.
+    local_attention : bool
+        False makes every block global (the paper's "w/o local attn" ablation).
+    attention_backend : str
+        ``auto``, ``varlen``, ``flash_attn``, ``flex`` or ``sdpa``.
+    rope_base : float
+        RoPE frequency base.
+    norm_eps : float
+        RMSNorm epsilon.
+
+    Example
+    -------
+    >>> encoder = SLAPAudioEncoder(embed_dim=64, depth=3, num_heads=4, mlp_hidden=128)
+    >>> feats = torch.randn(2, 301, 64)   # 3 s of log-mel frames
+    >>> tokens = encoder(feats, torch.tensor([1.0, 0.5]))
+    >>> tokens.shape
+    torch.Size([2, 72, 64])
+    >>> bool(tokens[1, 36:].eq(0).all())  # rows past the shorter clip's end
+    True
+    """
+
+    def __init__(
+        self,
+        n_mels: int = 64,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_hidden: int = 3072,
+        local_window: int = LOCAL_WINDOW,
+        global_every: int = 3,
+        local_attention: bool = True,
+        attention_backend: str = "auto",
+        rope_base: float = 10000.0,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if n_mels % PATCH_BINS != 0:
+            raise ValueError(f"n_mels must be a multiple of {PATCH_BINS}, got {n_mels}")
+        self.n_mels = n_mels
+        self.embed_dim = embed_dim
+        self.attention_backend = attention_backend
+        self.patch_embed = nn.Linear(PATCH_BINS * PATCH_BINS, embed_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(embed_dim))
+        self.rope = AxialRoPE(embed_dim // num_heads, base=rope_base)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(
+                embed_dim,
+                num_heads,
+                mlp_hidden,
+                window=(
+                    None
+                    if not local_attention or i % global_every == global_every - 1
+                    else local_window
+                ),
+                norm_eps=norm_eps,
+            )
+            for i in range(depth)
+        )
+        self.norm = nn.RMSNorm(embed_dim, eps=norm_eps)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Weight init, in one place: truncated normal (std 0.02) as in ViT."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def compile_blocks(self, **kwargs):
+        """Compiles each block with ``torch.compile`` (dynamic shapes by default).
+
+        Packed batches change their token count every step, so static shapes
+        would recompile; ``dynamic=True`` avoids that.
+        """
+        kwargs.setdefault("dynamic", True)
+        for block in self.blocks:
+            block.compile(**kwargs)
+        return self
+
+    def patchify(self, feats: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Packs a padded log-mel batch; ``lengths`` relative, as in SpeechBrain.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            ``(B, T, n_mels)`` log-mel batch.
+        lengths : torch.Tensor, optional
+            ``(B,)`` relative lengths (``wav_lens``); None means all full.
+
+        Returns
+        -------
+        PackedBatch of 16x16 patches.
+        """
+        if feats.dim() != 3 or feats.shape[-1] != self.n_mels:
+            raise ValueError(
+                f"expected log-mel features (batch, frames, {self.n_mels}), "
+                f"got {tuple(feats.shape)}"
+            )
+        batch, total = feats.shape[:2]
+        if lengths is None:
+            lengths = torch.ones(batch, device=feats.device)
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+        return patchify(feats, frames_from_relative_lengths(lengths, total))
+
+    def forward_packed(
+        self, packed: PackedBatch, token_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encodes a packed batch of patches.
+
+        Arguments
+        ---------
+        packed : PackedBatch
+            Packed 16x16 patches (``tokens`` of shape ``(N, 256)``).
+        token_mask : torch.Tensor, optional
+            ``(N,)`` boolean; True tokens have their patch embedding replaced by
+            the learned mask token (the self-supervised student view).
+
+        Returns
+        -------
+        ``(N, embed_dim)`` token features after the final RMSNorm.
+        """
+        x = self.patch_embed(packed.tokens)
+        if token_mask is not None:
+            if token_mask.shape != (x.shape[0],):
+                raise ValueError(
+                    f"token_mask must have shape ({x.shape[0]},), got {tuple(token_mask.shape)}"
+                )
+            x = torch.where(token_mask[:, None], self.mask_token.to(x.dtype), x)
+        cos, sin = self.rope(packed.pos_t, packed.pos_f)
+        attend = PackedAttention(packed.cu_seqlens, packed.max_seqlen, self.attention_backend)
+        for block in self.blocks:
+            x = block(x, cos, sin, attend)
+        return self.norm(x)
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """SpeechBrain-style entry point: padded log-mels in, padded tokens out.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            ``(B, T, n_mels)`` normalised log-mel (``SLAPFbank`` output).
+        lengths : torch.Tensor, optional
+            ``(B,)`` relative lengths (``wav_lens``).
+        token_mask : torch.Tensor, optional
+            ``(B, L)`` boolean over each clip's tokens; True = masked.
+
+        Returns
+        -------
+        ``(B, L, embed_dim)`` token features in time -> frequency order, ``L``
+        the longest clip's token count; rows past each clip's end are zero
+        (``MAPooling`` relies on that to find padding).
+        """
+        packed = self.patchify(feats, lengths)
+        packed_mask = None
+        if token_mask is not None:
+            packed_mask = token_mask[packed.clip_id, packed.local_index()]
+        out = self.forward_packed(packed, packed_mask)
+        return packed.unpack(out)[0]

@@ -1,0 +1,142 @@
+"""Log-mel features for SLAP: 16 kHz waveform -> normalised 64-bin log-mel.
+
+The paper (Sec. 3.2) uses a 25 ms Hann window, a 10 ms hop and 64 mel bins.
+SpeechBrain's ``Fbank`` is reused with its STFT swapped for a Hann-windowed one
+(``Fbank`` itself hard-codes a Hamming window). Features are always computed in
+fp32, even under autocast, and normalised with fixed statistics that live in
+the hparams file so that training and inference agree.
+
+Frame count rule (``num_frames``): a waveform of ``n`` samples gives
+``n // hop + 1`` frames (centred frames, SpeechBrain's default). Waveforms
+shorter than one 16-frame patch are zero-padded up to one patch, so a clip of
+any length yields at least one time patch and gives the same frames alone or
+inside a padded batch.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import torch
+from speechbrain.lobes.features import Fbank
+from speechbrain.processing.features import STFT
+
+# Number of mel frames in one time patch (patches are 16 frames x 16 mel bins).
+PATCH_FRAMES = 16
+
+
+def num_frames(num_samples: torch.Tensor | int, hop_samples: int = 160):
+    """Number of STFT frames for a waveform of ``num_samples`` samples.
+
+    Arguments
+    ---------
+    num_samples : int or torch.Tensor
+        Waveform length(s) in samples.
+    hop_samples : int
+        STFT hop in samples (10 ms at 16 kHz = 160).
+
+    Returns
+    -------
+    Number of centred frames, ``num_samples // hop_samples + 1``.
+
+    Example
+    -------
+    >>> num_frames(16000)
+    101
+    """
+    return num_samples // hop_samples + 1
+
+
+class SLAPFbank(torch.nn.Module):
+    """Waveform -> normalised log-mel filterbank, as in the SLAP paper.
+
+    Arguments
+    ---------
+    sample_rate : int
+        Sample rate of the input waveforms (SLAP uses 16 kHz).
+    n_mels : int
+        Number of mel bins (64 in the paper; a multiple of 16).
+    win_length : float
+        Window length in milliseconds (25).
+    hop_length : float
+        Hop length in milliseconds (10).
+    n_fft : int
+        FFT size (400 = 25 ms at 16 kHz).
+    mean : float
+        Fixed mean subtracted from the log-mel (dB), kept in hparams.
+    std : float
+        Fixed standard deviation the log-mel is divided by, kept in hparams.
+
+    Example
+    -------
+    >>> compute_features = SLAPFbank()
+    >>> feats = compute_features(torch.randn(2, 16000))
+    >>> feats.dtype
+    torch.float32
+    >>> feats.shape
+    torch.Size([2, 101, 64])
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_mels: int = 64,
+        win_length: float = 25,
+        hop_length: float = 10,
+        n_fft: int = 400,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ):
+        super().__init__()
+        if n_mels % 16 != 0:
+            raise ValueError(f"n_mels must be a multiple of 16 (patch size), got {n_mels}")
+        if std <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.hop_samples = int(round(sample_rate * hop_length / 1000))
+        self.mean = float(mean)
+        self.std = float(std)
+        self.fbank = Fbank(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            n_mels=n_mels,
+            win_length=win_length,
+            hop_length=hop_length,
+        )
+        # Fbank builds a Hamming-window STFT; the paper specifies Hann.
+        self.fbank.compute_STFT = STFT(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            window_fn=torch.hann_window,
+        )
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest waveform that yields one full time patch of frames."""
+        return (PATCH_FRAMES - 1) * self.hop_samples
+
+    def forward(self, wavs: torch.Tensor) -> torch.Tensor:
+        """Computes normalised log-mel features.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            Waveforms ``(batch, samples)`` at ``sample_rate``.
+
+        Returns
+        -------
+        feats : torch.Tensor
+            ``(batch, frames, n_mels)`` fp32 log-mel, ``frames = samples // hop + 1``
+            (at least 16).
+        """
+        if wavs.dim() != 2:
+            raise ValueError(
+                f"expected waveforms of shape (batch, samples), got {tuple(wavs.shape)}"
+            )
+        if wavs.shape[1] < self.min_samples:
+            wavs = torch.nn.functional.pad(wavs, (0, self.min_samples - wavs.shape[1]))
+        with torch.autocast(device_type=wavs.device.type, enabled=False):
+            feats = self.fbank(wavs.float())
+            return (feats - self.mean) / self.std

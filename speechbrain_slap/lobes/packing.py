@@ -1,0 +1,299 @@
+"""Patchify log-mels and pack variable-duration clips into one sequence.
+
+Each clip's log-mel ``(frames, n_mels)`` is cut into non-overlapping 16x16
+patches in time -> frequency order: token ``n`` of a clip covers time patch
+``n // F`` and frequency band ``n % F`` where ``F = n_mels // 16`` (4 at 64
+mels). Only whole time patches of real audio are kept, so all padding of a
+batch sits at the end of each clip and is dropped; the tokens of all clips are
+concatenated into one packed sequence described by ``cu_seqlens`` (paper
+Sec. 2.1.2).
+
+The duration -> token count rule is defined once, in ``num_time_patches``;
+``num_tokens_for_duration`` (batching by token budget) and ``patchify`` both
+call it.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from speechbrain_slap.lobes.features import PATCH_FRAMES, num_frames
+
+PATCH_BINS = 16
+
+
+def num_time_patches(frames: torch.Tensor | int):
+    """Number of time patches kept for a clip with ``frames`` log-mel frames.
+
+    Only whole 16-frame patches are kept; a clip shorter than one patch keeps
+    one (zero-padded) patch. This is THE duration -> token rule of the package.
+
+    Arguments
+    ---------
+    frames : int or torch.Tensor
+        Number of valid log-mel frames of each clip.
+
+    Returns
+    -------
+    ``max(1, frames // 16)`` with the type of ``frames``.
+
+    Example
+    -------
+    >>> num_time_patches(1001)
+    62
+    >>> num_time_patches(torch.tensor([3, 16, 47]))
+    tensor([1, 1, 2])
+    """
+    if isinstance(frames, torch.Tensor):
+        return torch.clamp(frames // PATCH_FRAMES, min=1)
+    return max(1, int(frames) // PATCH_FRAMES)
+
+
+def num_tokens_for_duration(
+    duration: float,
+    sample_rate: int = 16000,
+    hop_samples: int = 160,
+    n_mels: int = 64,
+) -> int:
+    """Number of encoder tokens for a clip of ``duration`` seconds.
+
+    Arguments
+    ---------
+    duration : float
+        Clip duration in seconds.
+    sample_rate : int
+        Sample rate the clip is resampled to.
+    hop_samples : int
+        STFT hop in samples.
+    n_mels : int
+        Number of mel bins.
+
+    Returns
+    -------
+    Token count: time patches x frequency bands.
+
+    Example
+    -------
+    >>> num_tokens_for_duration(10.0)
+    248
+    >>> num_tokens_for_duration(30.0)
+    748
+    """
+    samples = int(round(duration * sample_rate))
+    return num_time_patches(num_frames(samples, hop_samples)) * (n_mels // PATCH_BINS)
+
+
+def frames_from_relative_lengths(lengths: torch.Tensor, total_frames: int) -> torch.Tensor:
+    """Valid frames of each clip from SpeechBrain relative lengths.
+
+    ``lengths`` are relative to the padded waveform (``wav_lens``). A batch of
+    ``S`` samples gives ``T = S // hop + 1`` frames, and a clip of ``n = l * S``
+    samples alone gives ``n // hop + 1`` frames; with ``S`` a multiple of the hop
+    (``S = (T - 1) * hop``) this is ``floor(l * (T - 1)) + 1``, which is what is
+    computed here. It is exact whenever the batch length is a multiple of the
+    hop (SLAP's own data pipelines pad to one); otherwise the last frame of a
+    clip may be lost, as with any relative-length convention.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        ``(batch,)`` relative lengths in ``[0, 1]``.
+    total_frames : int
+        Number of frames ``T`` of the padded feature batch.
+
+    Returns
+    -------
+    ``(batch,)`` long tensor of valid frame counts in ``[1, T]``.
+
+    Example
+    -------
+    >>> frames_from_relative_lengths(torch.tensor([1.0, 0.5]), 201)
+    tensor([201, 101])
+    """
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be 1-D (batch,), got shape {tuple(lengths.shape)}")
+    if bool(((lengths < 0) | (lengths > 1 + 1e-6) | ~torch.isfinite(lengths)).any()):
+        raise ValueError(f"relative lengths must lie in [0, 1], got {lengths.tolist()}")
+    # The 1e-3 absorbs float error of l * (T - 1); it is far below one hop (1/160).
+    frames = torch.floor(lengths.double() * (total_frames - 1) + 1e-3).long() + 1
+    return frames.clamp(1, total_frames)
+
+
+@dataclass
+class PackedBatch:
+    """Tokens of several clips concatenated into one sequence.
+
+    Arguments
+    ---------
+    tokens : torch.Tensor
+        ``(N, D)`` token vectors (flattened 16x16 patches, or features).
+    cu_seqlens : torch.Tensor
+        ``(B + 1,)`` int32 cumulative token counts; clip ``b`` owns tokens
+        ``cu_seqlens[b]:cu_seqlens[b + 1]``.
+    max_seqlen : int
+        Longest clip in tokens.
+    pos_t : torch.Tensor
+        ``(N,)`` time-patch index of each token within its clip.
+    pos_f : torch.Tensor
+        ``(N,)`` frequency-band index of each token.
+    clip_id : torch.Tensor
+        ``(N,)`` index of the clip each token belongs to.
+    """
+
+    tokens: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    pos_t: torch.Tensor
+    pos_f: torch.Tensor
+    clip_id: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """Number of clips."""
+        return self.cu_seqlens.numel() - 1
+
+    @property
+    def seqlens(self) -> torch.Tensor:
+        """``(B,)`` token count of each clip (long)."""
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
+
+    def with_tokens(self, tokens: torch.Tensor) -> "PackedBatch":
+        """The same layout carrying other per-token vectors (e.g. encoder output)."""
+        if tokens.shape[0] != self.tokens.shape[0]:
+            raise ValueError(
+                f"expected {self.tokens.shape[0]} tokens, got {tokens.shape[0]}"
+            )
+        return PackedBatch(
+            tokens, self.cu_seqlens, self.max_seqlen, self.pos_t, self.pos_f, self.clip_id
+        )
+
+    def local_index(self) -> torch.Tensor:
+        """``(N,)`` position of each token within its clip."""
+        starts = self.cu_seqlens[:-1].long()
+        return torch.arange(self.tokens.shape[0], device=self.tokens.device) - starts[
+            self.clip_id
+        ]
+
+    def unpack(self, x: torch.Tensor | None = None):
+        """Scatters packed vectors back into a zero-padded batch.
+
+        Arguments
+        ---------
+        x : torch.Tensor, optional
+            ``(N, D)`` per-token vectors; defaults to ``self.tokens``.
+
+        Returns
+        -------
+        padded : torch.Tensor
+            ``(B, L, D)`` with ``L = max_seqlen``; rows past each clip's end are 0.
+        lengths : torch.Tensor
+            ``(B,)`` relative lengths ``seqlen / L`` (SpeechBrain convention).
+        """
+        x = self.tokens if x is None else x
+        padded = x.new_zeros(self.batch_size, self.max_seqlen, x.shape[-1])
+        padded[self.clip_id, self.local_index()] = x
+        return padded, self.seqlens.to(x.dtype) / max(self.max_seqlen, 1)
+
+
+def pack_padded(x: torch.Tensor, seqlens: torch.Tensor) -> PackedBatch:
+    """Packs the first ``seqlens[b]`` rows of each item of a padded batch.
+
+    Positions are plain sequence indices (``pos_t`` = index, ``pos_f`` = 0);
+    use ``patchify`` for spectrogram patches.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        ``(B, L, D)`` padded batch.
+    seqlens : torch.Tensor
+        ``(B,)`` number of valid rows per item (each in ``[1, L]``).
+
+    Returns
+    -------
+    PackedBatch
+
+    Example
+    -------
+    >>> packed = pack_padded(torch.randn(2, 5, 8), torch.tensor([5, 2]))
+    >>> packed.tokens.shape
+    torch.Size([7, 8])
+    >>> packed.cu_seqlens
+    tensor([0, 5, 7], dtype=torch.int32)
+    """
+    batch, length = x.shape[:2]
+    seqlens = seqlens.to(device=x.device, dtype=torch.long)
+    if seqlens.shape != (batch,) or bool((seqlens < 1).any() | (seqlens > length).any()):
+        raise ValueError(
+            f"seqlens must be (batch,) = ({batch},) with values in [1, {length}], "
+            f"got {seqlens.tolist()}"
+        )
+    positions = torch.arange(length, device=x.device)
+    valid = positions[None, :] < seqlens[:, None]
+    clip_id = torch.arange(batch, device=x.device)[:, None].expand(batch, length)[valid]
+    pos = positions[None, :].expand(batch, length)[valid]
+    cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32, device=x.device)
+    cu_seqlens[1:] = torch.cumsum(seqlens, 0)
+    return PackedBatch(
+        tokens=x[valid],
+        cu_seqlens=cu_seqlens,
+        max_seqlen=int(seqlens.max()),
+        pos_t=pos,
+        pos_f=torch.zeros_like(pos),
+        clip_id=clip_id,
+    )
+
+
+def patchify(feats: torch.Tensor, frames: torch.Tensor) -> PackedBatch:
+    """Cuts log-mels into 16x16 patches (time -> frequency order) and packs them.
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        ``(B, T, n_mels)`` log-mel batch; ``n_mels`` a multiple of 16.
+    frames : torch.Tensor
+        ``(B,)`` number of valid frames of each clip.
+
+    Returns
+    -------
+    PackedBatch with ``tokens`` of shape ``(N, 256)``; within a patch the 16
+    frames x 16 bins are flattened time-major.
+
+    Example
+    -------
+    >>> feats = torch.randn(2, 101, 64)
+    >>> packed = patchify(feats, torch.tensor([101, 40]))
+    >>> packed.tokens.shape
+    torch.Size([32, 256])
+    >>> packed.cu_seqlens
+    tensor([ 0, 24, 32], dtype=torch.int32)
+    >>> packed.pos_t[:6].tolist(), packed.pos_f[:6].tolist()
+    ([0, 0, 0, 0, 1, 1], [0, 1, 2, 3, 0, 1])
+    """
+    if feats.dim() != 3 or feats.shape[-1] % PATCH_BINS != 0:
+        raise ValueError(
+            f"feats must be (batch, frames, n_mels) with n_mels a multiple of "
+            f"{PATCH_BINS}, got {tuple(feats.shape)}"
+        )
+    batch, total, n_mels = feats.shape
+    n_freq = n_mels // PATCH_BINS
+    frames = frames.to(device=feats.device, dtype=torch.long)
+    time_patches = num_time_patches(frames)
+    # Pad the time axis to whole patches (only reachable for clips shorter than
+    # one patch or the ragged tail, whose partial patch is dropped anyway).
+    n_time = max(int(time_patches.max()), -(-total // PATCH_FRAMES))
+    pad = n_time * PATCH_FRAMES - total
+    if pad > 0:
+        feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
+    patches = (
+        feats.reshape(batch, n_time, PATCH_FRAMES, n_freq, PATCH_BINS)
+        .permute(0, 1, 3, 2, 4)
+        .reshape(batch, n_time * n_freq, PATCH_FRAMES * PATCH_BINS)
+    )
+    packed = pack_padded(patches, time_patches * n_freq)
+    local = packed.pos_t
+    packed.pos_t = local // n_freq
+    packed.pos_f = local % n_freq
+    return packed
