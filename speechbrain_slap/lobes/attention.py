@@ -71,9 +71,7 @@ def attention_allowed(clip_q, clip_k, index_q, index_k, window: int | None):
 def clip_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
     """``(N,)`` clip index of every token from ``(B + 1,)`` cumulative lengths."""
     seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    return torch.repeat_interleave(
-        torch.arange(seqlens.numel(), device=cu_seqlens.device), seqlens
-    )
+    return torch.repeat_interleave(torch.arange(seqlens.numel(), device=cu_seqlens.device), seqlens)
 
 
 def dense_mask(cu_seqlens: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -163,9 +161,7 @@ class PackedAttention:
 
     def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "auto"):
         if backend not in BACKENDS:
-            raise ValueError(
-                f"unknown attention backend {backend!r}; expected one of {BACKENDS}"
-            )
+            raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
         self.cu_seqlens = cu_seqlens.to(torch.int32)
         self.max_seqlen = int(max_seqlen)
         self.backend = backend
@@ -233,9 +229,10 @@ class PackedAttention:
         """Clip index, local index and the (B, L) validity of the padded layout."""
         if "layout" not in self._cache:
             clip = self.clip_id.to(device)
-            local = torch.arange(clip.numel(), device=device) - self.cu_seqlens.to(device)[
-                :-1
-            ].long()[clip]
+            local = (
+                torch.arange(clip.numel(), device=device)
+                - self.cu_seqlens.to(device)[:-1].long()[clip]
+            )
             batch = self.cu_seqlens.numel() - 1
             seqlens = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long().to(device)
             positions = torch.arange(self.max_seqlen, device=device)
@@ -249,9 +246,7 @@ class PackedAttention:
         if key not in self._cache:
             # Padding positions get clip id -1 so the rule excludes them as keys;
             # padding queries attend to themselves only, to keep softmax finite.
-            padded_clip = torch.where(
-                valid, torch.arange(batch, device=q.device)[:, None], -1
-            )
+            padded_clip = torch.where(valid, torch.arange(batch, device=q.device)[:, None], -1)
             allowed = attention_allowed(
                 padded_clip[:, :, None],
                 padded_clip[:, None, :],

@@ -140,3 +140,44 @@ class SLAPFbank(torch.nn.Module):
         with torch.autocast(device_type=wavs.device.type, enabled=False):
             feats = self.fbank(wavs.float())
             return (feats - self.mean) / self.std
+
+
+def pad_waveforms(waveforms: list[torch.Tensor], hop_samples: int = 160):
+    """Pads 1-D waveforms into a batch whose length is a multiple of the hop.
+
+    With the batch length a multiple of the hop, the relative lengths map back
+    to each clip's exact frame count (``packing.frames_from_relative_lengths``),
+    so a clip gives the same tokens alone or in any batch.
+
+    Arguments
+    ---------
+    waveforms : list of torch.Tensor
+        1-D waveforms (any lengths >= 1).
+    hop_samples : int
+        STFT hop in samples.
+
+    Returns
+    -------
+    wavs : torch.Tensor
+        ``(B, S)`` zero-padded batch, ``S`` a multiple of ``hop_samples``.
+    wav_lens : torch.Tensor
+        ``(B,)`` relative lengths ``n / S``.
+
+    Example
+    -------
+    >>> wavs, wav_lens = pad_waveforms([torch.ones(16000), torch.ones(8001)])
+    >>> wavs.shape, wav_lens
+    (torch.Size([2, 16000]), tensor([1.0000, 0.5001]))
+    """
+    if not waveforms:
+        raise ValueError("pad_waveforms needs at least one waveform")
+    for i, wav in enumerate(waveforms):
+        if wav.dim() != 1 or wav.numel() == 0:
+            raise ValueError(f"waveform {i} must be 1-D and non-empty, got {tuple(wav.shape)}")
+    longest = max(wav.numel() for wav in waveforms)
+    total = -(-longest // hop_samples) * hop_samples
+    wavs = waveforms[0].new_zeros(len(waveforms), total)
+    for i, wav in enumerate(waveforms):
+        wavs[i, : wav.numel()] = wav
+    wav_lens = torch.tensor([wav.numel() / total for wav in waveforms], dtype=torch.float32)
+    return wavs, wav_lens
