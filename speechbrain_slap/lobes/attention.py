@@ -26,6 +26,12 @@ import importlib.util
 import math
 
 import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+try:  # torch >= 2.10
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    varlen_attn = None
 
 # +-12 time patches x 4 frequency bands (a 24-patch window).
 LOCAL_WINDOW = 48
@@ -96,7 +102,7 @@ def flash_attn_available() -> bool:
 
 def varlen_available() -> bool:
     """True when this torch ships ``torch.nn.attention.varlen`` (>= 2.10)."""
-    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    return varlen_attn is not None
 
 
 def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -130,17 +136,18 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
 
 @functools.cache
 def _compiled_flex_attention():
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention, dynamic=True)
 
 
 class PackedAttention:
     """Attention over one packed batch; built once per forward, used by every block.
 
-    It holds the layout (``cu_seqlens``, ``max_seqlen``, clip ids) and caches
-    whatever a backend derives from it (padded index and dense masks for
-    ``sdpa``, BlockMasks for ``flex``) so every block reuses them.
+    It holds the layout (``cu_seqlens``, ``max_seqlen``, clip ids), the backend
+    resolved for the compute dtype, and whatever that backend derives from the
+    layout (padded index and dense masks for ``sdpa``, BlockMasks for ``flex``),
+    built once by ``prepare`` and shared by every block. Calls run outside
+    ``torch.compile`` graphs: compiled blocks fuse the work around attention,
+    and the varying ``max_seqlen`` never triggers a recompile.
 
     Arguments
     ---------
@@ -150,6 +157,9 @@ class PackedAttention:
         Longest clip in tokens.
     backend : str
         One of ``BACKENDS``.
+    dtype : torch.dtype, optional
+        Compute dtype of the queries, which resolves ``auto`` (and checks an
+        explicit choice) now; if None, that happens at the first call.
 
     Example
     -------
@@ -159,15 +169,34 @@ class PackedAttention:
     torch.Size([8, 2, 16])
     """
 
-    def __init__(self, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str = "auto"):
+    def __init__(
+        self,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        backend: str = "auto",
+        dtype: torch.dtype | None = None,
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
         self.cu_seqlens = cu_seqlens.to(torch.int32)
         self.max_seqlen = int(max_seqlen)
-        self.backend = backend
+        self.requested_backend = backend
+        self.backend = None if dtype is None else resolve_backend(backend, cu_seqlens.device, dtype)
         self.clip_id = clip_ids(self.cu_seqlens)
         self._cache = {}
 
+    def prepare(self, windows) -> "PackedAttention":
+        """Builds the backend's masks for every window in ``windows`` up front."""
+        if self.backend is None:
+            raise RuntimeError("prepare() needs the backend resolved: pass dtype at construction")
+        for window in windows:
+            if self.backend == "sdpa":
+                self._sdpa_mask(window)
+            elif self.backend == "flex":
+                self._flex_mask(window)
+        return self
+
+    @torch.compiler.disable
     def __call__(self, q, k, v, window: int | None):
         """Attends ``(N, H, Dh)`` queries to keys/values of the same clip.
 
@@ -182,13 +211,12 @@ class PackedAttention:
         -------
         ``(N, heads, head_dim)`` attention output.
         """
-        backend = resolve_backend(self.backend, q.device, q.dtype)
-        return getattr(self, f"_{backend}")(q, k, v, window)
+        if self.backend is None:
+            self.backend = resolve_backend(self.requested_backend, q.device, q.dtype)
+        return getattr(self, f"_{self.backend}")(q, k, v, window)
 
     # -- backends ---------------------------------------------------------
     def _varlen(self, q, k, v, window):
-        from torch.nn.attention.varlen import varlen_attn
-
         band = (-1, -1) if window is None else (window, window)
         cu = self.cu_seqlens
         return varlen_attn(q, k, v, cu, cu, self.max_seqlen, self.max_seqlen, window_size=band)
@@ -202,9 +230,7 @@ class PackedAttention:
             q, k, v, cu, cu, self.max_seqlen, self.max_seqlen, window_size=band
         )
 
-    def _flex(self, q, k, v, window):
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
+    def _flex_mask(self, window):
         key = ("flex", window)
         if key not in self._cache:
             clip = self.clip_id
@@ -214,39 +240,40 @@ class PackedAttention:
 
             n = clip.numel()
             self._cache[key] = create_block_mask(
-                mask_mod, None, None, n, n, device=q.device, _compile=q.is_cuda
+                mask_mod, None, None, n, n, device=clip.device, _compile=clip.is_cuda
             )
+        return self._cache[key]
+
+    def _flex(self, q, k, v, window):
         attend = _compiled_flex_attention() if q.is_cuda else flex_attention
         out = attend(
             q.transpose(0, 1)[None],
             k.transpose(0, 1)[None],
             v.transpose(0, 1)[None],
-            block_mask=self._cache[key],
+            block_mask=self._flex_mask(window),
         )
         return out[0].transpose(0, 1)
 
-    def _padded_layout(self, device):
-        """Clip index, local index and the (B, L) validity of the padded layout."""
+    def _padded_layout(self):
+        """Clip index, local index, (B, L) validity and positions of the padded layout."""
         if "layout" not in self._cache:
-            clip = self.clip_id.to(device)
-            local = (
-                torch.arange(clip.numel(), device=device)
-                - self.cu_seqlens.to(device)[:-1].long()[clip]
-            )
-            batch = self.cu_seqlens.numel() - 1
-            seqlens = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long().to(device)
+            clip = self.clip_id
+            device = clip.device
+            local = torch.arange(clip.numel(), device=device) - self.cu_seqlens[:-1].long()[clip]
+            seqlens = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
             positions = torch.arange(self.max_seqlen, device=device)
             valid = positions[None, :] < seqlens[:, None]
-            self._cache["layout"] = (clip, local, valid, positions, batch)
+            self._cache["layout"] = (clip, local, valid, positions)
         return self._cache["layout"]
 
-    def _sdpa(self, q, k, v, window):
-        clip, local, valid, positions, batch = self._padded_layout(q.device)
+    def _sdpa_mask(self, window):
         key = ("sdpa", window)
         if key not in self._cache:
+            _, _, valid, positions = self._padded_layout()
+            batch = valid.shape[0]
             # Padding positions get clip id -1 so the rule excludes them as keys;
             # padding queries attend to themselves only, to keep softmax finite.
-            padded_clip = torch.where(valid, torch.arange(batch, device=q.device)[:, None], -1)
+            padded_clip = torch.where(valid, torch.arange(batch, device=valid.device)[:, None], -1)
             allowed = attention_allowed(
                 padded_clip[:, :, None],
                 padded_clip[:, None, :],
@@ -254,12 +281,16 @@ class PackedAttention:
                 positions[None, None, :],
                 window,
             )
-            allowed = allowed | torch.eye(len(positions), dtype=torch.bool, device=q.device)
-            self._cache[key] = allowed[:, None]
+            eye = torch.eye(len(positions), dtype=torch.bool, device=valid.device)
+            self._cache[key] = (allowed | eye)[:, None]
+        return self._cache[key]
+
+    def _sdpa(self, q, k, v, window):
+        clip, local, valid, _ = self._padded_layout()
         heads, head_dim = q.shape[1:]
 
         def to_padded(x):
-            out = x.new_zeros(batch, self.max_seqlen, heads, head_dim)
+            out = x.new_zeros(valid.shape[0], self.max_seqlen, heads, head_dim)
             out[clip, local] = x
             return out.transpose(1, 2)
 
@@ -267,7 +298,7 @@ class PackedAttention:
             to_padded(q),
             to_padded(k),
             to_padded(v),
-            attn_mask=self._cache[key],
+            attn_mask=self._sdpa_mask(window),
             scale=1.0 / math.sqrt(head_dim),
         )
         return out.transpose(1, 2)[clip, local]

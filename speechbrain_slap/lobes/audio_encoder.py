@@ -247,7 +247,10 @@ class SLAPAudioEncoder(nn.Module):
                 )
             x = torch.where(token_mask[:, None], self.mask_token.to(x.dtype), x)
         cos, sin = self.rope(packed.pos_t, packed.pos_f)
-        attend = PackedAttention(packed.cu_seqlens, packed.max_seqlen, self.attention_backend)
+        # x has the compute dtype (bf16 under autocast), which picks the backend.
+        attend = PackedAttention(
+            packed.cu_seqlens, packed.max_seqlen, self.attention_backend, dtype=x.dtype
+        ).prepare({block.attn.window for block in self.blocks})
         for block in self.blocks:
             x = block(x, cos, sin, attend)
         return self.norm(x)
