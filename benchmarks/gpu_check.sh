@@ -21,18 +21,19 @@ fi
 export HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-echo "== GPU tests"
-python3 -m pytest -q -m gpu tests -o addopts="" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
-
 echo "== base encoder, bf16, eager"
-timeout 200 python3 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 \
+timeout 150 python3 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 \
     --json "$OUT/eager.json" >"$OUT/eager.txt" 2>"$OUT/eager.log" || echo "eager benchmark failed (see eager.log)"
+
+echo "== GPU tests"
+timeout 240 python3 -m pytest -q -m gpu tests -o addopts="" -p no:cacheprovider 2>&1 \
+    | tee "$OUT/gpu_tests.txt" | tail -30
+
 echo "== base encoder, bf16, per-block torch.compile"
-timeout 240 python3 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 --compile \
+timeout 170 python3 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 --compile \
     --json "$OUT/compiled.json" >"$OUT/compiled.txt" 2>"$OUT/compiled.log" || echo "compiled benchmark failed (see compiled.log)"
 
 echo
 echo "== summary"
-tail -3 "$OUT/gpu_tests.txt"
+tail -1 "$OUT/gpu_tests.txt"
 cat "$OUT/eager.txt" "$OUT/compiled.txt" 2>/dev/null
-tail -5 "$OUT/compiled.log" 2>/dev/null | grep -iE "error|fail" || true

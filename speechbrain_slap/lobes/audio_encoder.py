@@ -281,6 +281,12 @@ class SLAPAudioEncoder(nn.Module):
         packed = self.patchify(feats, lengths)
         packed_mask = None
         if token_mask is not None:
+            expected = (packed.batch_size, packed.max_seqlen)
+            if token_mask.shape != expected:
+                raise ValueError(
+                    f"token_mask must have shape {expected} (batch, tokens of the longest "
+                    f"clip), got {tuple(token_mask.shape)}"
+                )
             packed_mask = token_mask[packed.clip_id, packed.local_index()]
         out = self.forward_packed(packed, packed_mask)
         return packed.unpack(out)[0]

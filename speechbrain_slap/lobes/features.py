@@ -4,7 +4,9 @@ The paper (Sec. 3.2) uses a 25 ms Hann window, a 10 ms hop and 64 mel bins.
 SpeechBrain's ``Fbank`` is reused with its STFT swapped for a Hann-windowed one
 (``Fbank`` itself hard-codes a Hamming window). Features are always computed in
 fp32, even under autocast, and normalised with fixed statistics that live in
-the hparams file so that training and inference agree.
+the hparams file so that training and inference agree. The dB floor is fixed
+(-100 dB) rather than relative to each row's maximum, so a clip's features do
+not depend on what it is batched with.
 
 Frame count rule (``num_frames``): a waveform of ``n`` samples gives
 ``n // hop + 1`` frames (centred frames, SpeechBrain's default). Waveforms
@@ -111,6 +113,10 @@ class SLAPFbank(torch.nn.Module):
             hop_length=hop_length,
             window_fn=torch.hann_window,
         )
+        # Filterbank floors each row at (row max - 80 dB), with the max taken
+        # over padding frames too, so a clip's features would depend on the
+        # batch it is in. A fixed floor (amin = 1e-10, i.e. -100 dB) does not.
+        self.fbank.compute_fbanks.top_db = float("inf")
 
     @property
     def min_samples(self) -> int:

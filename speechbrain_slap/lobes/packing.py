@@ -278,6 +278,11 @@ def patchify(feats: torch.Tensor, frames: torch.Tensor) -> PackedBatch:
     batch, total, n_mels = feats.shape
     n_freq = n_mels // PATCH_BINS
     frames = frames.to(device=feats.device, dtype=torch.long)
+    if frames.shape != (batch,) or bool((frames < 1).any() | (frames > total).any()):
+        raise ValueError(
+            f"frames must be (batch,) = ({batch},) with values in [1, {total}], "
+            f"got {frames.tolist()}"
+        )
     time_patches = num_time_patches(frames)
     # Pad the time axis to whole patches (only reachable for clips shorter than
     # one patch or the ragged tail, whose partial patch is dropped anyway).
