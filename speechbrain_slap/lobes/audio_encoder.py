@@ -24,6 +24,24 @@ from speechbrain_slap.lobes.packing import (
 from speechbrain_slap.lobes.rope import AxialRoPE
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm whose weight follows the input dtype.
+
+    Under bf16 autocast the residual stream is bf16 while the weight is fp32;
+    ``torch.rms_norm`` then falls back to an unfused path. Casting the weight
+    keeps the fused kernel (which accumulates in fp32).
+
+    Example
+    -------
+    >>> RMSNorm(8, eps=1e-6)(torch.randn(3, 8)).shape
+    torch.Size([3, 8])
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalises the last dimension of ``x``."""
+        return nn.functional.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 class SwiGLU(nn.Module):
     """Bias-free SwiGLU feed-forward: ``W_down(silu(W_gate x) * W_up x)``.
 
@@ -81,9 +99,9 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, dim, num_heads, mlp_hidden, window, norm_eps=1e-6):
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim, eps=norm_eps)
+        self.norm1 = RMSNorm(dim, eps=norm_eps)
         self.attn = PackedSelfAttention(dim, num_heads, window)
-        self.norm2 = nn.RMSNorm(dim, eps=norm_eps)
+        self.norm2 = RMSNorm(dim, eps=norm_eps)
         self.mlp = SwiGLU(dim, mlp_hidden)
 
     @property
@@ -173,7 +191,7 @@ class SLAPAudioEncoder(nn.Module):
             )
             for i in range(depth)
         )
-        self.norm = nn.RMSNorm(embed_dim, eps=norm_eps)
+        self.norm = RMSNorm(embed_dim, eps=norm_eps)
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -39,7 +39,8 @@ def _encoder(backend):
 
 
 def _rel_err(a, b):
-    return float((a.float() - b.float()).norm() / b.float().norm())
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize("backend", ["varlen", "flex"])
@@ -49,19 +50,28 @@ def test_bf16_backend_matches_sdpa_forward_and_backward(backend):
     candidate = copy.deepcopy(reference)
     candidate.attention_backend = backend
     packed = _to_cuda(_packed(SEQLENS))
+    # A fixed random projection of the output: the mean square of an RMSNorm
+    # output is ~1 whatever the input, and its gradient would be pure noise.
+    probe = torch.randn(packed.tokens.shape[0], 256, device="cuda")
     outputs, grads = [], []
     for model in (reference, candidate):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model.forward_packed(packed)
-        out.float().square().mean().backward()
-        outputs.append(out)
-        grads.append(model.blocks[0].attn.qkv.weight.grad)
+        (out.float() * probe).sum().backward()
+        outputs.append(out.detach())
+        grads.append([model.blocks[i].attn.qkv.weight.grad for i in (0, 2)])
     assert _rel_err(outputs[1], outputs[0]) < 2e-2
-    assert _rel_err(grads[1], grads[0]) < 5e-2
+    for got, want in zip(grads[1], grads[0], strict=True):
+        assert _rel_err(got, want) < 5e-2
 
 
 def test_packed_equals_alone_on_cuda_fp32():
-    """On CUDA in fp32, a clip encoded inside a packed batch equals the clip alone."""
+    """On CUDA in fp32, a clip encoded inside a packed batch matches the clip alone.
+
+    cuBLAS picks kernels by matrix shape, so the packed and single-clip runs
+    round differently (~1e-6 per op, amplified through random-init blocks);
+    attention leaking across clips would differ by O(1).
+    """
     encoder = _encoder("sdpa")
     pooling = MAPooling(256, num_heads=4).cuda()
     packed = _to_cuda(_packed(SEQLENS))
@@ -72,9 +82,9 @@ def test_packed_equals_alone_on_cuda_fp32():
             start = int(packed.cu_seqlens[b])
             alone = pack_padded(packed.tokens[start : start + n][None], torch.tensor([n]))
             alone_out = encoder.forward_packed(_to_cuda(alone))
-            assert float((alone_out - out[start : start + n]).abs().max()) <= 1e-4
+            assert float((alone_out - out[start : start + n]).abs().max()) <= 2e-3
             alone_pooled = pooling.forward_packed(alone_out, alone.cu_seqlens.cuda())
-            assert float((alone_pooled[0] - pooled[b]).abs().max()) <= 1e-4
+            assert float((alone_pooled[0] - pooled[b]).abs().max()) <= 2e-3
 
 
 def test_compiled_blocks_match_eager_across_token_counts():
