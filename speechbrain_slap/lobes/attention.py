@@ -145,9 +145,10 @@ class PackedAttention:
     It holds the layout (``cu_seqlens``, ``max_seqlen``, clip ids), the backend
     resolved for the compute dtype, and whatever that backend derives from the
     layout (padded index and dense masks for ``sdpa``, BlockMasks for ``flex``),
-    built once by ``prepare`` and shared by every block. Calls run outside
-    ``torch.compile`` graphs: compiled blocks fuse the work around attention,
-    and the varying ``max_seqlen`` never triggers a recompile.
+    built once by ``prepare`` and shared by every block. ``varlen`` is traced
+    into compiled blocks (with ``dynamic=True`` the changing ``max_seqlen`` is a
+    symbolic int, so it does not recompile); the other backends run between
+    compiled graphs.
 
     Arguments
     ---------
@@ -196,7 +197,6 @@ class PackedAttention:
                 self._flex_mask(window)
         return self
 
-    @torch.compiler.disable
     def __call__(self, q, k, v, window: int | None):
         """Attends ``(N, H, Dh)`` queries to keys/values of the same clip.
 
@@ -213,6 +213,14 @@ class PackedAttention:
         """
         if self.backend is None:
             self.backend = resolve_backend(self.requested_backend, q.device, q.dtype)
+        if self.backend == "varlen":
+            # A registered custom op: compiled blocks trace straight through it.
+            return self._varlen(q, k, v, window)
+        return self._call_outside_graph(q, k, v, window)
+
+    @torch.compiler.disable
+    def _call_outside_graph(self, q, k, v, window):
+        """Backends with cached masks or external kernels run between compiled graphs."""
         return getattr(self, f"_{self.backend}")(q, k, v, window)
 
     # -- backends ---------------------------------------------------------
