@@ -275,15 +275,18 @@ class SLAPAudioEncoder(nn.Module):
 
     def forward(
         self,
-        feats: torch.Tensor,
+        feats: torch.Tensor | PackedBatch,
         lengths: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """SpeechBrain-style entry point: padded log-mels in, padded tokens out.
 
+        A ``PackedBatch`` instead of ``feats`` runs ``forward_packed`` (so that
+        a DDP-wrapped encoder is always called through ``forward``).
+
         Arguments
         ---------
-        feats : torch.Tensor
+        feats : torch.Tensor or PackedBatch
             ``(B, T, n_mels)`` normalised log-mel (``SLAPFbank`` output).
         lengths : torch.Tensor, optional
             ``(B,)`` relative lengths (``wav_lens``).
@@ -296,6 +299,8 @@ class SLAPAudioEncoder(nn.Module):
         the longest clip's token count; rows past each clip's end are zero
         (``MAPooling`` relies on that to find padding).
         """
+        if isinstance(feats, PackedBatch):
+            return self.forward_packed(feats, token_mask)
         packed = self.patchify(feats, lengths)
         packed_mask = None
         if token_mask is not None:

@@ -187,3 +187,37 @@ def pad_waveforms(waveforms: list[torch.Tensor], hop_samples: int = 160):
         wavs[i, : wav.numel()] = wav
     wav_lens = torch.tensor([wav.numel() / total for wav in waveforms], dtype=torch.float32)
     return wavs, wav_lens
+
+
+def pad_to_hop(wavs: torch.Tensor, wav_lens: torch.Tensor, hop_samples: int = 160):
+    """Zero-pads a waveform batch to a multiple of the hop and rescales ``wav_lens``.
+
+    SpeechBrain's ``PaddedBatch`` pads to the longest clip; with this the
+    relative lengths map back to exact frame counts.
+
+    Arguments
+    ---------
+    wavs : torch.Tensor
+        ``(B, S)`` waveforms.
+    wav_lens : torch.Tensor
+        ``(B,)`` lengths relative to ``S``.
+    hop_samples : int
+        STFT hop in samples.
+
+    Returns
+    -------
+    The padded ``(B, S')`` batch and the lengths relative to ``S'``.
+
+    Example
+    -------
+    >>> wavs, lens = pad_to_hop(torch.ones(2, 250), torch.tensor([1.0, 0.4]))
+    >>> wavs.shape, lens
+    (torch.Size([2, 320]), tensor([0.7812, 0.3125]))
+    """
+    total = wavs.shape[1]
+    padded = -(-total // hop_samples) * hop_samples
+    if padded == total:
+        return wavs, wav_lens
+    samples = torch.round(wav_lens.double() * total)
+    wavs = torch.nn.functional.pad(wavs, (0, padded - total))
+    return wavs, (samples / padded).to(wav_lens.dtype)

@@ -300,3 +300,69 @@ def patchify(feats: torch.Tensor, frames: torch.Tensor) -> PackedBatch:
     packed.pos_t = local // n_freq
     packed.pos_f = local % n_freq
     return packed
+
+
+def concat_packed(*batches: PackedBatch) -> PackedBatch:
+    """Concatenates packed batches into one (clips of later batches follow).
+
+    Example
+    -------
+    >>> a = pack_padded(torch.randn(2, 3, 4), torch.tensor([3, 1]))
+    >>> concat_packed(a, a).cu_seqlens
+    tensor([0, 3, 4, 7, 8], dtype=torch.int32)
+    """
+    if not batches:
+        raise ValueError("concat_packed needs at least one PackedBatch")
+    cu, clip_ids, offset_tokens, offset_clips = [batches[0].cu_seqlens[:1]], [], 0, 0
+    for batch in batches:
+        cu.append(batch.cu_seqlens[1:] + offset_tokens)
+        clip_ids.append(batch.clip_id + offset_clips)
+        offset_tokens += int(batch.cu_seqlens[-1])
+        offset_clips += batch.batch_size
+    return PackedBatch(
+        tokens=torch.cat([b.tokens for b in batches]),
+        cu_seqlens=torch.cat(cu).to(torch.int32),
+        max_seqlen=max(b.max_seqlen for b in batches),
+        pos_t=torch.cat([b.pos_t for b in batches]),
+        pos_f=torch.cat([b.pos_f for b in batches]),
+        clip_id=torch.cat(clip_ids),
+    )
+
+
+def random_token_mask(
+    packed: PackedBatch, ratio: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Masks ``round(ratio * n)`` random tokens of each clip of ``n`` tokens.
+
+    Arguments
+    ---------
+    packed : PackedBatch
+        The packed layout.
+    ratio : float
+        Share of each clip's tokens to mask, in ``[0, 1]``.
+    generator : torch.Generator, optional
+        Random generator (on the tokens' device).
+
+    Returns
+    -------
+    ``(N,)`` boolean mask, True = masked.
+
+    Example
+    -------
+    >>> packed = pack_padded(torch.randn(2, 8, 4), torch.tensor([8, 4]))
+    >>> mask = random_token_mask(packed, 0.5)
+    >>> mask[:8].sum().item(), mask[8:].sum().item()
+    (4, 2)
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must lie in [0, 1], got {ratio}")
+    device = packed.tokens.device
+    n = packed.tokens.shape[0]
+    scores = torch.rand(n, generator=generator, device=device)
+    # Sorting by (clip, score) gives each token its rank within its clip.
+    order = torch.argsort(packed.clip_id.double() + scores.double())
+    rank = torch.empty(n, dtype=torch.long, device=device)
+    rank[order] = torch.arange(n, device=device)
+    rank = rank - packed.cu_seqlens[:-1].long()[packed.clip_id]
+    n_masked = torch.round(packed.seqlens.double() * ratio).long()
+    return rank < n_masked[packed.clip_id]

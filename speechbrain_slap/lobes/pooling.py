@@ -101,7 +101,12 @@ class MAPooling(nn.Module):
         x = self.out_proj(pooled.to(tokens.dtype).reshape(batch, dim))
         return x + self.mlp(self.norm(x))
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Pools a padded batch ``(B, L, D)`` -> ``(B, D)``.
 
         Padding rows are the rows that are exactly zero: ``SLAPAudioEncoder``
@@ -111,17 +116,25 @@ class MAPooling(nn.Module):
         keeps the SpeechBrain signature ``pool(tokens, wav_lens)``. Tokens from
         another source must zero their padding rows (or use ``forward_packed``).
 
+        Given ``cu_seqlens``, ``tokens`` is a packed ``(N, D)`` sequence and
+        ``forward_packed`` runs (so a DDP-wrapped head is called through
+        ``forward``).
+
         Arguments
         ---------
         tokens : torch.Tensor
-            ``(B, L, D)`` token features, padding rows zero.
+            ``(B, L, D)`` token features, padding rows zero; or packed ``(N, D)``.
         lengths : torch.Tensor, optional
             ``(B,)`` relative lengths, checked for shape only.
+        cu_seqlens : torch.Tensor, optional
+            ``(B + 1,)`` cumulative token counts of packed ``tokens``.
 
         Returns
         -------
         ``(B, D)`` pooled embeddings.
         """
+        if cu_seqlens is not None:
+            return self.forward_packed(tokens, cu_seqlens)
         if tokens.dim() != 3:
             raise ValueError(f"expected tokens (batch, length, dim), got {tuple(tokens.shape)}")
         batch = tokens.shape[0]

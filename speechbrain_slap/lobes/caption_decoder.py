@@ -1,0 +1,662 @@
+"""Caption decoder: a shallow Transformer that writes a caption from dense audio tokens.
+
+Paper Sec. 2.2.3: a shallow Transformer decoder, trained from scratch with
+teacher forcing, cross-attends to each clip's dense audio tokens (before MAP
+pooling) and provides the auxiliary captioning loss ``L_CAP``. Base size: 8
+pre-LN layers, 512 wide, 8 heads; the 768-d audio tokens are projected to 512
+and attended with a key-padding mask, so a clip only ever sees its own tokens.
+
+Captions are tokenized with SentencePiece trained on the training captions
+through SpeechBrain's wrapper, with the special ids ``pad=0, bos=1, eos=2,
+unk=3`` that the decoder uses by default.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from sentencepiece import SentencePieceProcessor
+from speechbrain.decoders.seq2seq import S2STransformerGreedySearcher
+from speechbrain.tokenizers.SentencePiece import SentencePiece
+from torch import nn
+
+from speechbrain_slap.lobes.attention import clip_ids
+
+PAD_INDEX = 0
+BOS_INDEX = 1
+EOS_INDEX = 2
+UNK_INDEX = 3
+
+
+def unpack_tokens(tokens: torch.Tensor, cu_seqlens: torch.Tensor):
+    """Scatters a packed sequence into a zero-padded batch and its validity mask.
+
+    Arguments
+    ---------
+    tokens : torch.Tensor
+        ``(N, D)`` packed token features.
+    cu_seqlens : torch.Tensor
+        ``(B + 1,)`` cumulative token counts; every clip non-empty.
+
+    Returns
+    -------
+    padded : torch.Tensor
+        ``(B, L, D)`` with ``L`` the longest clip; rows past a clip's end are 0.
+    mask : torch.Tensor
+        ``(B, L)`` boolean, True where a row holds a real token.
+
+    Example
+    -------
+    >>> padded, mask = unpack_tokens(torch.randn(7, 8), torch.tensor([0, 5, 7]))
+    >>> padded.shape
+    torch.Size([2, 5, 8])
+    >>> mask.sum(dim=1)
+    tensor([5, 2])
+    """
+    if tokens.dim() != 2 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(
+            f"expected tokens (N, D) and cu_seqlens (B + 1,), got {tuple(tokens.shape)} "
+            f"and {tuple(cu_seqlens.shape)}"
+        )
+    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != tokens.shape[0] or (seqlens < 1).any():
+        raise ValueError(
+            f"cu_seqlens {cu_seqlens.tolist()} does not describe {tokens.shape[0]} tokens "
+            "in non-empty clips"
+        )
+    clip = clip_ids(cu_seqlens)
+    local = torch.arange(tokens.shape[0], device=tokens.device) - cu_seqlens[:-1].long()[clip]
+    padded = tokens.new_zeros(seqlens.numel(), int(seqlens.max()), tokens.shape[-1])
+    padded[clip, local] = tokens
+    mask = torch.arange(padded.shape[1], device=tokens.device)[None, :] < seqlens[:, None]
+    return padded, mask
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_index: int = PAD_INDEX):
+    """Token-level cross-entropy of teacher-forced captions, in fp32.
+
+    The loss is averaged over the real (non-padding) target tokens of the whole
+    batch, so a long caption weighs more than a short one (standard for
+    captioning); EOS counts as a real token. A batch without real tokens gives 0.
+
+    Arguments
+    ---------
+    logits : torch.Tensor
+        ``(B, U, vocab)`` decoder output (any float dtype).
+    targets : torch.Tensor
+        ``(B, U)`` target ids (``tokens_out`` of ``encode_captions``).
+    pad_index : int
+        Id of the padding token, ignored.
+
+    Returns
+    -------
+    Scalar fp32 loss.
+
+    Example
+    -------
+    >>> logits = torch.zeros(2, 3, 10)
+    >>> targets = torch.tensor([[4, 5, 2], [6, 2, 0]])
+    >>> caption_loss(logits, targets)  # uniform prediction: log(10)
+    tensor(2.3026)
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (B, U, vocab) and targets (B, U), got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
+    total = nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=pad_index, reduction="sum"
+    )
+    return total / targets.ne(pad_index).sum().clamp(min=1)
+
+
+@contextlib.contextmanager
+def _inference(module: nn.Module):
+    """Eval mode (no dropout) and no autograd, restoring the previous mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
+class _CaptionGreedySearcher(S2STransformerGreedySearcher):
+    """SpeechBrain's Transformer greedy searcher, bounded by caption length.
+
+    SpeechBrain sizes the search as a ratio of the encoder length (right for
+    ASR); a caption's length does not follow the clip's, so the bound is the
+    decoder's ``max_length`` instead.
+    """
+
+    def __init__(self, decoder: "CaptionDecoder", max_length: int):
+        super().__init__(
+            modules=[decoder, decoder.head],
+            bos_index=decoder.bos_index,
+            eos_index=decoder.eos_index,
+            min_decode_ratio=0.0,
+            max_decode_ratio=1.0,
+        )
+        self.max_length = max_length
+
+    def change_max_decoding_length(self, min_decode_steps, max_decode_steps):
+        """Decodes at most ``max_length`` tokens (EOS included)."""
+        return 0, self.max_length
+
+
+class CaptionDecoder(nn.Module):
+    """Pre-LN Transformer decoder that cross-attends to dense audio tokens.
+
+    Token embedding + learned positional embedding, ``num_layers``
+    ``torch.nn.TransformerDecoderLayer`` blocks (pre-LN, GELU, causal
+    self-attention, cross-attention to the projected audio tokens with a
+    key-padding mask), final LayerNorm and a linear head to the vocabulary.
+
+    Arguments
+    ---------
+    vocab_size : int
+        Number of caption tokens (the SentencePiece vocabulary size).
+    audio_dim : int
+        Width of the dense audio tokens (768 for the base encoder).
+    d_model : int
+        Decoder width (512).
+    num_layers : int
+        Decoder layers (8).
+    num_heads : int
+        Attention heads (8).
+    ffn_dim : int
+        Feed-forward hidden size (2048).
+    max_length : int
+        Longest token sequence, BOS (input) or EOS (target) included; the size
+        of the positional table and the default decoding bound.
+    dropout : float
+        Dropout in attention and feed-forward (training only).
+    pad_index : int
+        Padding id, never attended by the loss.
+    bos_index : int
+        Start-of-caption id that prefixes ``tokens_in``.
+    eos_index : int
+        End-of-caption id that ends ``tokens_out`` and stops decoding.
+
+    Example
+    -------
+    >>> decoder = CaptionDecoder(vocab_size=50, audio_dim=32, d_model=64, num_layers=2,
+    ...                          num_heads=4, ffn_dim=128, max_length=16)
+    >>> audio = torch.randn(2, 10, 32)
+    >>> audio_mask = torch.arange(10) < torch.tensor([[10], [6]])
+    >>> tokens_in = torch.tensor([[1, 7, 8, 9], [1, 5, 0, 0]])
+    >>> decoder(tokens_in, audio, audio_mask).shape
+    torch.Size([2, 4, 50])
+    >>> captions = decoder.beam_search(audio, audio_mask, beam_size=3, max_length=5)
+    >>> len(captions), all(len(c) <= 5 for c in captions)
+    (2, True)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        audio_dim: int,
+        d_model: int = 512,
+        num_layers: int = 8,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        max_length: int = 64,
+        dropout: float = 0.1,
+        pad_index: int = PAD_INDEX,
+        bos_index: int = BOS_INDEX,
+        eos_index: int = EOS_INDEX,
+    ):
+        super().__init__()
+        specials = {"pad_index": pad_index, "bos_index": bos_index, "eos_index": eos_index}
+        for name, index in specials.items():
+            if not 0 <= index < vocab_size:
+                raise ValueError(f"{name}={index} is outside the vocabulary [0, {vocab_size})")
+        if len(set(specials.values())) != 3:
+            raise ValueError(f"pad, bos and eos ids must differ, got {specials}")
+        self.vocab_size = vocab_size
+        self.max_length = max_length
+        self.pad_index = pad_index
+        self.bos_index = bos_index
+        self.eos_index = eos_index
+        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        self.pos_embedding = nn.Parameter(torch.zeros(max_length, d_model))
+        self.audio_proj = nn.Linear(audio_dim, d_model)
+        layer = nn.TransformerDecoderLayer(
+            d_model,
+            num_heads,
+            ffn_dim,
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.layers = nn.TransformerDecoder(layer, num_layers)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Weight init, in one place: truncated normal (std 0.02), zero biases.
+
+        ``nn.TransformerDecoder`` deep-copies one layer, so every layer is
+        re-drawn here (otherwise all layers would start identical).
+        """
+        nn.init.trunc_normal_(self.pos_embedding, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.MultiheadAttention):
+                nn.init.trunc_normal_(module.in_proj_weight, std=0.02)
+                nn.init.zeros_(module.in_proj_bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def project_audio(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+        """Checks the audio batch and projects it to the decoder width.
+
+        Arguments
+        ---------
+        audio : torch.Tensor
+            ``(B, L, audio_dim)`` dense audio tokens, padded.
+        audio_mask : torch.Tensor
+            ``(B, L)`` boolean, True = real token; every clip has at least one.
+
+        Returns
+        -------
+        ``(B, L, d_model)`` cross-attention memory.
+        """
+        audio_dim = self.audio_proj.in_features
+        if audio.dim() != 3 or audio.shape[-1] != audio_dim:
+            raise ValueError(
+                f"audio must be (batch, tokens, {audio_dim}), got {tuple(audio.shape)}"
+            )
+        if audio_mask.dtype != torch.bool or audio_mask.shape != audio.shape[:2]:
+            raise ValueError(
+                f"audio_mask must be a bool tensor of shape {tuple(audio.shape[:2])}, "
+                f"got {audio_mask.dtype} {tuple(audio_mask.shape)}"
+            )
+        if not bool(audio_mask.any(dim=1).all()):
+            raise ValueError("every clip needs at least one valid audio token in audio_mask")
+        return self.audio_proj(audio)
+
+    def forward_features(
+        self, tokens: torch.Tensor, memory: torch.Tensor, memory_padding: torch.Tensor
+    ) -> torch.Tensor:
+        """Runs the decoder layers.
+
+        Arguments
+        ---------
+        tokens : torch.Tensor
+            ``(B, U)`` input ids, BOS first.
+        memory : torch.Tensor
+            ``(B, L, d_model)`` projected audio (``project_audio``).
+        memory_padding : torch.Tensor
+            ``(B, L)`` boolean, True = padding (PyTorch's key-padding convention).
+
+        Returns
+        -------
+        ``(B, U, d_model)`` normalised hidden states (input of ``head``).
+        """
+        if tokens.dim() != 2 or tokens.shape[0] != memory.shape[0]:
+            raise ValueError(
+                f"tokens must be (batch={memory.shape[0]}, length), got {tuple(tokens.shape)}"
+            )
+        length = tokens.shape[1]
+        if not 1 <= length <= self.max_length:
+            raise ValueError(f"token length {length} is outside [1, max_length={self.max_length}]")
+        x = self.token_embedding(tokens) + self.pos_embedding[:length]
+        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)
+        x = self.layers(
+            x,
+            memory,
+            tgt_mask=causal,
+            memory_key_padding_mask=memory_padding,
+            tgt_is_causal=True,
+        )
+        return self.norm(x)
+
+    def forward(
+        self,
+        tokens_in: torch.Tensor,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits for a padded audio batch.
+
+        Given ``cu_seqlens``, ``audio`` is a packed ``(N, audio_dim)`` sequence
+        and ``forward_packed`` runs (so a DDP-wrapped decoder is called through
+        ``forward``, as ``MAPooling`` is).
+
+        Arguments
+        ---------
+        tokens_in : torch.Tensor
+            ``(B, U)`` long caption ids, BOS first, padded with ``pad_index``.
+        audio : torch.Tensor
+            ``(B, L, audio_dim)`` dense audio tokens, padded; or packed ``(N, audio_dim)``.
+        audio_mask : torch.Tensor, optional
+            ``(B, L)`` boolean, True = real audio token; required for padded audio.
+        cu_seqlens : torch.Tensor, optional
+            ``(B + 1,)`` cumulative token counts of packed ``audio``.
+
+        Returns
+        -------
+        ``(B, U, vocab_size)`` logits; position ``t`` predicts ``tokens_out[:, t]``.
+        """
+        if cu_seqlens is not None:
+            return self.forward_packed(tokens_in, audio, cu_seqlens)
+        if audio_mask is None:
+            raise ValueError("padded audio needs audio_mask (or pass cu_seqlens for packed audio)")
+        memory = self.project_audio(audio, audio_mask)
+        return self.head(self.forward_features(tokens_in, memory, ~audio_mask))
+
+    def forward_packed(
+        self, tokens_in: torch.Tensor, audio_tokens: torch.Tensor, cu_seqlens: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced logits for packed encoder output.
+
+        Arguments
+        ---------
+        tokens_in : torch.Tensor
+            ``(B, U)`` long caption ids, BOS first.
+        audio_tokens : torch.Tensor
+            ``(N, audio_dim)`` packed dense audio tokens of ``B`` clips.
+        cu_seqlens : torch.Tensor
+            ``(B + 1,)`` int32 cumulative token counts.
+
+        Returns
+        -------
+        ``(B, U, vocab_size)`` logits, equal to ``forward`` on the padded batch.
+        """
+        audio, audio_mask = unpack_tokens(audio_tokens, cu_seqlens)
+        return self.forward(tokens_in, audio, audio_mask)
+
+    def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):
+        """One decoding step in SpeechBrain's searcher interface.
+
+        ``S2STransformerGreedySearcher`` calls ``model.decode(prefix, enc_states,
+        enc_lens)`` and applies ``head`` itself.
+
+        Arguments
+        ---------
+        tokens : torch.Tensor
+            ``(B, t)`` ids decoded so far, BOS first (any dtype).
+        memory : torch.Tensor
+            ``(B, L, d_model)`` projected audio, valid rows first.
+        memory_lens : torch.Tensor
+            ``(B,)`` absolute number of valid rows.
+
+        Returns
+        -------
+        hidden : torch.Tensor
+            ``(B, t, d_model)`` normalised hidden states.
+        attention : None
+            No attention weights are returned.
+        """
+        positions = torch.arange(memory.shape[1], device=memory.device)
+        padding = positions[None, :] >= memory_lens.to(memory.device)[:, None]
+        return self.forward_features(tokens.long(), memory, padding), None
+
+    def _decoding_length(self, max_length: int | None) -> int:
+        max_length = self.max_length if max_length is None else max_length
+        if not 1 <= max_length <= self.max_length:
+            raise ValueError(f"max_length {max_length} is outside [1, {self.max_length}]")
+        return max_length
+
+    def greedy_decode(
+        self, audio: torch.Tensor, audio_mask: torch.Tensor, max_length: int | None = None
+    ) -> list[list[int]]:
+        """Greedy captions, with SpeechBrain's ``S2STransformerGreedySearcher``.
+
+        Runs in eval mode without gradients (the previous mode is restored).
+
+        Arguments
+        ---------
+        audio : torch.Tensor
+            ``(B, L, audio_dim)`` dense audio tokens, padded.
+        audio_mask : torch.Tensor
+            ``(B, L)`` boolean, True = real audio token.
+        max_length : int, optional
+            Most tokens generated per caption, EOS included (default and upper
+            bound: ``self.max_length``).
+
+        Returns
+        -------
+        One id list per clip, without BOS and EOS; a caption that reaches
+        ``max_length`` without EOS keeps all ``max_length`` tokens.
+        """
+        max_length = self._decoding_length(max_length)
+        with _inference(self):
+            memory = self.project_audio(audio, audio_mask)
+            # The searcher describes padding by lengths (valid rows first).
+            # Cross-attention has no position on the memory side, so moving the
+            # valid rows to the front changes nothing for any mask.
+            order = torch.argsort((~audio_mask).to(torch.uint8), dim=1, stable=True)
+            memory = memory.gather(1, order[..., None].expand_as(memory))
+            relative = audio_mask.sum(dim=1).float() / memory.shape[1]
+            hyps, _, _, _ = _CaptionGreedySearcher(self, max_length)(memory, relative)
+        return hyps
+
+    def beam_search(
+        self,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor,
+        beam_size: int = 4,
+        max_length: int | None = None,
+        length_penalty: float = 1.0,
+    ) -> list[list[int]]:
+        """Beam-search captions, batched over clips and beams.
+
+        A hypothesis is scored by its summed log-probability divided by
+        ``length ** length_penalty`` (length in generated tokens, EOS included;
+        0 = plain log-probability, 1 = mean per token). A hypothesis ends at EOS
+        or, without EOS, at ``max_length`` tokens (as in greedy decoding). The
+        search of a clip stops once no live beam can still beat its best ended
+        hypothesis, so ``beam_size=1`` is exactly greedy decoding.
+
+        This is written here rather than with SpeechBrain's
+        ``S2STransformerBeamSearcher`` because that searcher treats the last
+        token of a hypothesis that reaches the step limit as its EOS and drops
+        it (so ``beam_size=1`` differs from greedy for long captions), bounds the
+        search by the encoder length, describes padding by relative lengths and
+        supports only on/off length normalisation.
+
+        Runs in eval mode without gradients (the previous mode is restored).
+
+        Arguments
+        ---------
+        audio : torch.Tensor
+            ``(B, L, audio_dim)`` dense audio tokens, padded.
+        audio_mask : torch.Tensor
+            ``(B, L)`` boolean, True = real audio token.
+        beam_size : int
+            Live hypotheses per clip.
+        max_length : int, optional
+            Most tokens generated per caption, EOS included (default and upper
+            bound: ``self.max_length``).
+        length_penalty : float
+            Length normalisation exponent, >= 0.
+
+        Returns
+        -------
+        One id list per clip, without BOS and EOS.
+        """
+        max_length = self._decoding_length(max_length)
+        if beam_size < 1 or length_penalty < 0:
+            raise ValueError(
+                f"need beam_size >= 1 and length_penalty >= 0, got {beam_size}, {length_penalty}"
+            )
+        batch, beams = audio.shape[0], beam_size
+        with _inference(self):
+            memory = self.project_audio(audio, audio_mask).repeat_interleave(beams, dim=0)
+            padding = (~audio_mask).repeat_interleave(beams, dim=0)
+            seqs = torch.full((batch * beams, 1), self.bos_index, device=audio.device)
+            # Summed log-probabilities of live beams; one live beam per clip at first.
+            scores = torch.full((batch, beams), float("-inf"), device=audio.device)
+            scores[:, 0] = 0.0
+            best_score = torch.full((batch,), float("-inf"), device=audio.device)
+            best = [[] for _ in range(batch)]
+            first_beam = torch.arange(batch, device=audio.device)[:, None] * beams
+            for step in range(max_length):
+                hidden = self.forward_features(seqs, memory, padding)[:, -1]
+                log_probs = torch.log_softmax(self.head(hidden).float(), dim=-1)
+                vocab = log_probs.shape[-1]
+                candidates = (scores.reshape(-1, 1) + log_probs).view(batch, beams * vocab)
+                top, index = candidates.topk(beams, dim=-1)
+                token = index % vocab
+                seqs = torch.cat(
+                    [seqs[(first_beam + index // vocab).flatten()], token.view(-1, 1)], dim=1
+                )
+                is_eos = token.eq(self.eos_index)
+                ended = is_eos if step < max_length - 1 else torch.ones_like(is_eos)
+                final = (top / (step + 1) ** length_penalty).masked_fill(
+                    ~ended | top.isneginf(), float("-inf")
+                )
+                step_best, which = final.max(dim=-1)
+                for b in torch.nonzero(step_best > best_score).flatten().tolist():
+                    best[b] = seqs[b * beams + int(which[b]), 1:].tolist()
+                best_score = torch.maximum(best_score, step_best)
+                scores = top.masked_fill(is_eos, float("-inf"))
+                # Log-probabilities only fall and L ** penalty <= max_length ** penalty,
+                # so a live beam's final score is at most this bound.
+                bound = scores.max(dim=-1).values / max_length**length_penalty
+                if bool((bound <= best_score).all()):
+                    break
+        return [seq[:-1] if seq and seq[-1] == self.eos_index else seq for seq in best]
+
+
+def train_caption_tokenizer(
+    annotation_csv: str | Path,
+    output_folder: str | Path,
+    vocab_size: int = 5000,
+    caption_field: str = "caption",
+    model_type: str = "unigram",
+) -> SentencePiece:
+    """Trains SentencePiece on the training captions (SpeechBrain's wrapper).
+
+    The special ids are ``pad=0, bos=1, eos=2, unk=3``, the ``CaptionDecoder``
+    defaults. As with SpeechBrain's wrapper, a model already in
+    ``output_folder`` (``{vocab_size}_{model_type}.model``) is loaded instead of
+    retrained, and the caption text file it extracts from the CSV is reused.
+
+    Arguments
+    ---------
+    annotation_csv : str or Path
+        CSV with a header; one caption per row in column ``caption_field``.
+    output_folder : str or Path
+        Where the model and the extracted text go.
+    vocab_size : int
+        Vocabulary size, special tokens included (ignored for ``char``).
+    caption_field : str
+        CSV column with the caption text.
+    model_type : str
+        ``unigram``, ``bpe`` or ``char``.
+
+    Returns
+    -------
+    The ``speechbrain.tokenizers.SentencePiece.SentencePiece`` wrapper; its
+    ``.sp`` is the ``sentencepiece.SentencePieceProcessor``.
+
+    Example
+    -------
+    >>> csv = getfixture("tmp_path") / "captions.csv"
+    >>> _ = csv.write_text("id,caption\\n0,a dog barks\\n1,a cat meows\\n")
+    >>> tokenizer = train_caption_tokenizer(csv, csv.parent / "tok", model_type="char")
+    >>> tokenizer.sp.pad_id(), tokenizer.sp.bos_id(), tokenizer.sp.eos_id()
+    (0, 1, 2)
+    """
+    tokenizer = SentencePiece(
+        model_dir=str(output_folder),
+        vocab_size=vocab_size,
+        annotation_train=str(annotation_csv),
+        annotation_read=caption_field,
+        model_type=model_type,
+        pad_id=PAD_INDEX,
+        bos_id=BOS_INDEX,
+        eos_id=EOS_INDEX,
+        unk_id=UNK_INDEX,
+    )
+    sp = tokenizer.sp
+    found = (sp.pad_id(), sp.bos_id(), sp.eos_id(), sp.unk_id())
+    if found != (PAD_INDEX, BOS_INDEX, EOS_INDEX, UNK_INDEX):
+        raise ValueError(
+            f"tokenizer in {output_folder} has pad/bos/eos/unk ids {found}, expected "
+            f"{(PAD_INDEX, BOS_INDEX, EOS_INDEX, UNK_INDEX)}; remove it to retrain"
+        )
+    return tokenizer
+
+
+def encode_captions(sp: SentencePieceProcessor, captions: Sequence[str], max_length: int):
+    """Teacher-forcing input and target ids of a batch of captions.
+
+    Each caption is cut to ``max_length - 1`` pieces so that ``[BOS] + pieces``
+    and ``pieces + [EOS]`` both fit the decoder's ``max_length``.
+
+    Arguments
+    ---------
+    sp : sentencepiece.SentencePieceProcessor
+        The tokenizer (``train_caption_tokenizer(...).sp``).
+    captions : sequence of str
+        Caption texts.
+    max_length : int
+        Longest sequence, BOS or EOS included (the decoder's ``max_length``).
+
+    Returns
+    -------
+    tokens_in : torch.Tensor
+        ``(B, U)`` long, ``[BOS] + pieces`` padded with the pad id.
+    tokens_out : torch.Tensor
+        ``(B, U)`` long, ``pieces + [EOS]`` padded with the pad id.
+
+    Example
+    -------
+    >>> csv = getfixture("tmp_path") / "captions.csv"
+    >>> _ = csv.write_text("id,caption\\n0,a dog barks\\n1,a cat meows\\n")
+    >>> sp = train_caption_tokenizer(csv, csv.parent / "tok", model_type="char").sp
+    >>> tokens_in, tokens_out = encode_captions(sp, ["a dog", "a cat meows"], max_length=8)
+    >>> tokens_in.shape
+    torch.Size([2, 8])
+    >>> decode_ids(sp, tokens_out[0].tolist())
+    'a dog'
+    """
+    if max_length < 2 or not captions:
+        raise ValueError(
+            f"need captions and max_length >= 2 (BOS or EOS plus one piece), got "
+            f"{len(captions)} captions and max_length={max_length}"
+        )
+    pieces = [sp.encode_as_ids(caption)[: max_length - 1] for caption in captions]
+    length = max(len(ids) for ids in pieces) + 1
+    tokens_in = torch.full((len(pieces), length), sp.pad_id(), dtype=torch.long)
+    tokens_out = torch.full((len(pieces), length), sp.pad_id(), dtype=torch.long)
+    for row, ids in enumerate(pieces):
+        tokens_in[row, : len(ids) + 1] = torch.tensor([sp.bos_id(), *ids])
+        tokens_out[row, : len(ids) + 1] = torch.tensor([*ids, sp.eos_id()])
+    return tokens_in, tokens_out
+
+
+def decode_ids(sp: SentencePieceProcessor, ids: Sequence[int]) -> str:
+    """Caption text of decoded ids: stops at the first EOS, skips pad and BOS.
+
+    Arguments
+    ---------
+    sp : sentencepiece.SentencePieceProcessor
+        The tokenizer.
+    ids : sequence of int
+        Token ids (a decoder hypothesis or a ``tokens_out`` row).
+
+    Returns
+    -------
+    The caption text.
+    """
+    ids = list(ids)
+    if sp.eos_id() in ids:
+        ids = ids[: ids.index(sp.eos_id())]
+    return sp.decode_ids([i for i in ids if i not in (sp.pad_id(), sp.bos_id())])

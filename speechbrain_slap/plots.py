@@ -1,0 +1,99 @@
+"""Figures written by the recipes: training curves and similarity matrices.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def plot_training_curves(steps_jsonl: str | Path, output_png: str | Path) -> Path:
+    """Plots every logged loss, the logit scale, LR, EMA momentum and tokens/s per step.
+
+    Arguments
+    ---------
+    steps_jsonl : path
+        One JSON record per logged step (``SLAPBrain`` writes ``train_steps.jsonl``).
+    output_png : path
+        Where to write the figure.
+
+    Returns
+    -------
+    The PNG path.
+    """
+    steps_jsonl, output_png = Path(steps_jsonl), Path(output_png)
+    records = []
+    if steps_jsonl.exists():
+        with open(steps_jsonl) as fin:
+            records = [json.loads(line) for line in fin if line.strip()]
+    panels = [
+        ("losses", [k for k in ("loss", "loss_clap", "loss_ssl", "loss_cap") if _has(records, k)]),
+        ("logit scale", ["logit_scale"]),
+        ("learning rate", ["lr"]),
+        ("EMA momentum", ["ema_momentum"]),
+        ("real tokens / s", ["tokens_per_s"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (title, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=key)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    if not records:
+        fig.suptitle(f"no steps logged in {steps_jsonl.name}")
+    fig.tight_layout()
+    fig.savefig(output_png, dpi=100)
+    plt.close(fig)
+    return output_png
+
+
+def _has(records, key):
+    return any(r.get(key) is not None for r in records)
+
+
+def plot_similarity(
+    similarity: torch.Tensor, text_to_audio, output_png: str | Path, max_items: int = 200
+) -> Path:
+    """Heat map of text-audio cosine similarities, texts grouped by their audio.
+
+    Arguments
+    ---------
+    similarity : torch.Tensor
+        ``(n_texts, n_audios)`` similarities.
+    text_to_audio : sequence of int
+        Audio index of each text.
+    output_png : path
+        Where to write the figure.
+    max_items : int
+        Shows at most this many audios (the first ones) and their texts.
+
+    Returns
+    -------
+    The PNG path.
+    """
+    text_to_audio = torch.as_tensor(text_to_audio)
+    keep_audio = min(similarity.shape[1], max_items)
+    rows = torch.nonzero(text_to_audio < keep_audio).flatten()
+    order = rows[torch.argsort(text_to_audio[rows], stable=True)]
+    matrix = similarity[order][:, :keep_audio].float().numpy()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis")
+    ax.set_xlabel(f"audio (first {keep_audio})")
+    ax.set_ylabel("caption (grouped by its audio)")
+    ax.set_title("text-audio cosine similarity (matching pairs on the diagonal)")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(output_png, dpi=100)
+    plt.close(fig)
+    return Path(output_png)
