@@ -161,13 +161,14 @@ class SLAPBrain(sb.Brain):
         self.optimizer_step += 1
 
     def on_fit_batch_start(self, batch, should_step):
-        """Starts the step timer."""
+        """Sets the learning rate of the coming optimizer step; starts the step timer."""
+        if should_step:
+            self.current_lr = self.hparams.lr_schedule(self.optimizer)
         self._step_start = time.perf_counter()
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """LR schedule and EMA update after each optimizer step; step logging."""
+        """EMA update after each optimizer step; step logging."""
         if should_step:
-            self.current_lr = self.hparams.lr_schedule(self.optimizer)
             self.current_momentum = self.modules.teacher.update(
                 {k: self.modules[k] for k in ("audio_encoder", "ssl_head")}
             )
