@@ -24,56 +24,12 @@ from speechbrain.decoders.seq2seq import S2STransformerGreedySearcher
 from speechbrain.tokenizers.SentencePiece import SentencePiece
 from torch import nn
 
-from speechbrain_slap.lobes.attention import clip_ids
+from speechbrain_slap.lobes.packing import unpack_tokens
 
 PAD_INDEX = 0
 BOS_INDEX = 1
 EOS_INDEX = 2
 UNK_INDEX = 3
-
-
-def unpack_tokens(tokens: torch.Tensor, cu_seqlens: torch.Tensor):
-    """Scatters a packed sequence into a zero-padded batch and its validity mask.
-
-    Arguments
-    ---------
-    tokens : torch.Tensor
-        ``(N, D)`` packed token features.
-    cu_seqlens : torch.Tensor
-        ``(B + 1,)`` cumulative token counts; every clip non-empty.
-
-    Returns
-    -------
-    padded : torch.Tensor
-        ``(B, L, D)`` with ``L`` the longest clip; rows past a clip's end are 0.
-    mask : torch.Tensor
-        ``(B, L)`` boolean, True where a row holds a real token.
-
-    Example
-    -------
-    >>> padded, mask = unpack_tokens(torch.randn(7, 8), torch.tensor([0, 5, 7]))
-    >>> padded.shape
-    torch.Size([2, 5, 8])
-    >>> mask.sum(dim=1)
-    tensor([5, 2])
-    """
-    if tokens.dim() != 2 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(
-            f"expected tokens (N, D) and cu_seqlens (B + 1,), got {tuple(tokens.shape)} "
-            f"and {tuple(cu_seqlens.shape)}"
-        )
-    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != tokens.shape[0] or (seqlens < 1).any():
-        raise ValueError(
-            f"cu_seqlens {cu_seqlens.tolist()} does not describe {tokens.shape[0]} tokens "
-            "in non-empty clips"
-        )
-    clip = clip_ids(cu_seqlens)
-    local = torch.arange(tokens.shape[0], device=tokens.device) - cu_seqlens[:-1].long()[clip]
-    padded = tokens.new_zeros(seqlens.numel(), int(seqlens.max()), tokens.shape[-1])
-    padded[clip, local] = tokens
-    mask = torch.arange(padded.shape[1], device=tokens.device)[None, :] < seqlens[:, None]
-    return padded, mask
 
 
 def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_index: int = PAD_INDEX):

@@ -172,3 +172,36 @@ def test_output_folder_redirects_everything(recipe_run, output):
         if not any(parent in running for parent in p.parents)
     }
     assert not new, sorted(new)
+
+
+def test_bf16_run_writes_results(tmp_path, recipe_run):
+    """``--precision=bf16`` (SpeechBrain's autocast) trains and evaluates end to end."""
+    _, _, data, *_ = recipe_run
+    output = tmp_path / "bf16"
+    command = [
+        sys.executable,
+        "recipes/pretrain/train.py",
+        "recipes/pretrain/hparams/pretrain_tiny_synth.yaml",
+        "--debug",
+        "--precision=bf16",
+        f"--data_folder={data}",
+        f"--output_folder={output}",
+        f"--seed={SEED}",
+        "--n_train=12",
+        "--n_valid=4",
+        f"--n_test={N_TEST}",
+        "--corpus_max_duration=4.0",
+        "--vocab_size=80",
+        "--embed_dim=64",
+        "--depth=3",
+        "--mlp_hidden=128",
+        "--n_prototypes=32",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert process.returncode == 0, process.stderr[-6000:]
+    results = json.loads((output / "test_results.json").read_text())
+    assert 0.0 <= results["t2a_R@1"] <= 1.0
+    assert results["n_test_audio"] == N_TEST

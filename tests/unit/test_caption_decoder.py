@@ -17,8 +17,8 @@ from speechbrain_slap.lobes.caption_decoder import (
     decode_ids,
     encode_captions,
     train_caption_tokenizer,
-    unpack_tokens,
 )
+from speechbrain_slap.lobes.packing import unpack_tokens
 
 VOCAB, AUDIO_DIM, MAX_LENGTH = 24, 16, 10
 SEQLENS = [7, 3, 5]
