@@ -28,19 +28,13 @@ def _tree(folder: Path) -> set[Path]:
     return set(folder.rglob("*")) if folder.exists() else set()
 
 
-@pytest.fixture(scope="module")
-def recipe_run(tmp_path_factory):
-    """Runs the recipe once; returns ``(completed_process, output_folder, data_folder)``."""
-    root = tmp_path_factory.mktemp("recipe")
-    output, data = root / "out", root / "corpus"
-    results, default_data = REPO / "results", REPO / "data"
-    before = {"results": _tree(results), "data": _tree(default_data)}
-    command = [
+def _recipe_command(data: Path, output: Path, *extra: str) -> list[str]:
+    """The recipe in --debug mode on the tiny corpus, at the tiny test sizes."""
+    return [
         sys.executable,
         "recipes/pretrain/train.py",
         "recipes/pretrain/hparams/pretrain_tiny_synth.yaml",
         "--debug",
-        "--debug_persistently",
         f"--data_folder={data}",
         f"--output_folder={output}",
         f"--seed={SEED}",
@@ -53,8 +47,18 @@ def recipe_run(tmp_path_factory):
         "--depth=3",
         "--mlp_hidden=128",
         "--n_prototypes=32",
-        "--log_interval=1",
+        *extra,
     ]
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory):
+    """Runs the recipe once; returns ``(completed_process, output_folder, data_folder)``."""
+    root = tmp_path_factory.mktemp("recipe")
+    output, data = root / "out", root / "corpus"
+    results, default_data = REPO / "results", REPO / "data"
+    before = {"results": _tree(results), "data": _tree(default_data)}
+    command = _recipe_command(data, output, "--debug_persistently", "--log_interval=1")
     # One OpenMP thread: on a busy 2-core machine two threads are ~100x slower.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
@@ -178,25 +182,7 @@ def test_bf16_run_writes_results(tmp_path, recipe_run):
     """``--precision=bf16`` (SpeechBrain's autocast) trains and evaluates end to end."""
     _, _, data, *_ = recipe_run
     output = tmp_path / "bf16"
-    command = [
-        sys.executable,
-        "recipes/pretrain/train.py",
-        "recipes/pretrain/hparams/pretrain_tiny_synth.yaml",
-        "--debug",
-        "--precision=bf16",
-        f"--data_folder={data}",
-        f"--output_folder={output}",
-        f"--seed={SEED}",
-        "--n_train=12",
-        "--n_valid=4",
-        f"--n_test={N_TEST}",
-        "--corpus_max_duration=4.0",
-        "--vocab_size=80",
-        "--embed_dim=64",
-        "--depth=3",
-        "--mlp_hidden=128",
-        "--n_prototypes=32",
-    ]
+    command = _recipe_command(data, output, "--precision=bf16")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
