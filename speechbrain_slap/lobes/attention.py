@@ -80,6 +80,18 @@ def clip_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(seqlens.numel(), device=cu_seqlens.device), seqlens)
 
 
+def positions_in_clip(cu_seqlens: torch.Tensor, clip_id: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` position of every token within its clip (``clip_id`` from ``clip_ids``).
+
+    Example
+    -------
+    >>> cu = torch.tensor([0, 3, 5])
+    >>> positions_in_clip(cu, clip_ids(cu))
+    tensor([0, 1, 2, 0, 1])
+    """
+    return torch.arange(clip_id.numel(), device=clip_id.device) - cu_seqlens[:-1].long()[clip_id]
+
+
 def dense_mask(cu_seqlens: torch.Tensor, window: int | None) -> torch.Tensor:
     """``(N, N)`` boolean mask of a packed sequence, from the rule.
 
@@ -267,7 +279,7 @@ class PackedAttention:
         if "layout" not in self._cache:
             clip = self.clip_id
             device = clip.device
-            local = torch.arange(clip.numel(), device=device) - self.cu_seqlens[:-1].long()[clip]
+            local = positions_in_clip(self.cu_seqlens, clip)
             seqlens = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
             positions = torch.arange(self.max_seqlen, device=device)
             valid = positions[None, :] < seqlens[:, None]

@@ -180,13 +180,9 @@ def pad_waveforms(waveforms: list[torch.Tensor], hop_samples: int = 160):
     for i, wav in enumerate(waveforms):
         if wav.dim() != 1 or wav.numel() == 0:
             raise ValueError(f"waveform {i} must be 1-D and non-empty, got {tuple(wav.shape)}")
-    longest = max(wav.numel() for wav in waveforms)
-    total = -(-longest // hop_samples) * hop_samples
-    wavs = waveforms[0].new_zeros(len(waveforms), total)
-    for i, wav in enumerate(waveforms):
-        wavs[i, : wav.numel()] = wav
-    wav_lens = torch.tensor([wav.numel() / total for wav in waveforms], dtype=torch.float32)
-    return wavs, wav_lens
+    wavs = torch.nn.utils.rnn.pad_sequence(waveforms, batch_first=True)
+    wav_lens = torch.tensor([wav.numel() / wavs.shape[1] for wav in waveforms])
+    return pad_to_hop(wavs, wav_lens, hop_samples)
 
 
 def pad_to_hop(wavs: torch.Tensor, wav_lens: torch.Tensor, hop_samples: int = 160):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from speechbrain_slap.lobes.attention import clip_ids
+from speechbrain_slap.lobes.attention import clip_ids, positions_in_clip
 from speechbrain_slap.lobes.features import PATCH_FRAMES, num_frames
 
 PATCH_BINS = 16
@@ -162,7 +162,7 @@ def unpack_tokens(tokens: torch.Tensor, cu_seqlens: torch.Tensor):
             "in non-empty clips"
         )
     clip = clip_ids(cu_seqlens)
-    local = torch.arange(tokens.shape[0], device=tokens.device) - cu_seqlens[:-1].long()[clip]
+    local = positions_in_clip(cu_seqlens, clip)
     padded = tokens.new_zeros(seqlens.numel(), int(seqlens.max()), tokens.shape[-1])
     padded[clip, local] = tokens
     mask = torch.arange(padded.shape[1], device=tokens.device)[None, :] < seqlens[:, None]
@@ -217,8 +217,7 @@ class PackedBatch:
 
     def local_index(self) -> torch.Tensor:
         """``(N,)`` position of each token within its clip."""
-        starts = self.cu_seqlens[:-1].long()
-        return torch.arange(self.tokens.shape[0], device=self.tokens.device) - starts[self.clip_id]
+        return positions_in_clip(self.cu_seqlens, self.clip_id)
 
     def unpack(self, x: torch.Tensor | None = None):
         """Scatters packed vectors back into a zero-padded batch.
@@ -407,6 +406,6 @@ def random_token_mask(
     order = torch.argsort(packed.clip_id.double() + scores.double())
     rank = torch.empty(n, dtype=torch.long, device=device)
     rank[order] = torch.arange(n, device=device)
-    rank = rank - packed.cu_seqlens[:-1].long()[packed.clip_id]
+    rank = rank - packed.cu_seqlens[:-1].long()[packed.clip_id]  # rank within the clip
     n_masked = torch.round(packed.seqlens.double() * ratio).long()
     return rank < n_masked[packed.clip_id]
