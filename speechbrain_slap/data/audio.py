@@ -1,0 +1,122 @@
+"""Reading audio for inference: any soundfile format, any rate, any channel count.
+
+``load_audio`` is the one entry point of the inference interface and the
+``slap`` command. Everything that can go wrong with a file raises
+``AudioLoadError``, whose message names the file and what was wrong, so a
+caller can skip one bad file and go on with the others.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+
+class AudioLoadError(ValueError):
+    """An audio input that cannot be used: missing, unreadable, empty or non-finite.
+
+    Arguments
+    ---------
+    source : str
+        The file (or ``"waveform i"`` for an in-memory input).
+    reason : str
+        What was wrong.
+
+    Example
+    -------
+    >>> str(AudioLoadError("a.wav", "file not found"))
+    'a.wav: file not found'
+    """
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def check_waveform(wav: torch.Tensor, source: str) -> torch.Tensor:
+    """Checks a mono waveform is 1-D, non-empty and finite; returns it as float32.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        Waveform.
+    source : str
+        Name used in the error message.
+
+    Returns
+    -------
+    torch.Tensor
+        ``wav`` as a 1-D float32 tensor.
+
+    Example
+    -------
+    >>> check_waveform(torch.zeros(3, dtype=torch.float64), "x").dtype
+    torch.float32
+    """
+    if wav.dim() != 1:
+        raise AudioLoadError(source, f"expected a 1-D waveform, got shape {tuple(wav.shape)}")
+    if wav.numel() == 0:
+        raise AudioLoadError(source, "no audio samples")
+    wav = wav.float()
+    if not bool(torch.isfinite(wav).all()):
+        bad = int((~torch.isfinite(wav)).sum())
+        raise AudioLoadError(source, f"{bad} of {wav.numel()} samples are NaN or infinite")
+    return wav
+
+
+def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
+    """Reads an audio file as a mono float32 waveform at ``sample_rate``.
+
+    Any format libsndfile reads (WAV, FLAC, OGG/Vorbis, MP3, ...), any sample
+    rate (resampled with ``torchaudio.functional.resample``), any channel count
+    (channels averaged). Integer files are scaled to [-1, 1].
+
+    Arguments
+    ---------
+    path : str or Path
+        Audio file.
+    sample_rate : int
+        Output sample rate in Hz.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_samples,)`` float32 waveform.
+
+    Raises
+    ------
+    AudioLoadError
+        Missing file, a file libsndfile cannot decode, no samples, or NaN/Inf
+        samples. The message names the file.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = tempfile.mkdtemp() + "/tone.wav"
+    >>> stereo = np.zeros((44100, 2), dtype="float32")
+    >>> soundfile.write(path, stereo, 44100)
+    >>> load_audio(path).shape
+    torch.Size([16000])
+    """
+    source = str(path)
+    path = Path(path)
+    if not path.exists():
+        raise AudioLoadError(source, "file not found")
+    if not path.is_file():
+        raise AudioLoadError(source, "not a file")
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, EOFError) as error:
+        raise AudioLoadError(source, f"cannot decode audio ({error})") from None
+    if audio.size == 0:
+        raise AudioLoadError(source, "no audio samples")
+    wav = check_waveform(torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1))), source)
+    if rate != sample_rate:
+        wav = torchaudio.functional.resample(wav, rate, sample_rate)
+    return wav

@@ -1,0 +1,426 @@
+"""Model folders: from a recipe's output to what ``SLAP.from_hparams`` loads.
+
+A SLAP model folder holds::
+
+    hyperparams.yaml      the model definitions of the training yaml, verbatim,
+                          plus ``modules``, ``tokenizer`` and ``pretrainer``
+    audio_encoder.ckpt    state dicts (``torch.save``) of the student encoder,
+    audio_pooling.ckpt    the audio MAP, the text encoder, the caption decoder
+    text_encoder.ckpt     and the CLAP loss (its learned logit scale)
+    caption_decoder.ckpt
+    clap_loss.ckpt
+    tokenizer.ckpt        the caption SentencePiece model
+    SHA256SUMS            ``<sha256>  <file>`` for every weight file
+    README.md             model card: data, architecture, test metrics, usage
+
+The inference yaml is not written by hand: the definitions of
+``compute_features``, ``audio_encoder``, ``audio_pooling``, ``text_encoder``,
+``caption_decoder`` and ``clap_loss`` are copied from the recipe's saved
+``hyperparams.yaml`` together with every key they reference, so the exported
+model is built exactly as it was trained.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import hashlib
+import io
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEYS = (
+    "compute_features",
+    "audio_encoder",
+    "audio_pooling",
+    "text_encoder",
+    "caption_decoder",
+    "clap_loss",
+)
+WEIGHT_FILES = tuple(f"{key}.ckpt" for key in MODEL_KEYS[1:]) + ("tokenizer.ckpt",)
+SUMS_FILE = "SHA256SUMS"
+DEFAULT_MAX_DURATION = 30.0
+_REFERENCE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class ModelFolderError(ValueError):
+    """A model folder or recipe output that cannot be used; the message says why."""
+
+
+def sha256sum(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 digest of a file.
+
+    Arguments
+    ---------
+    path : str or Path
+        File to hash.
+    chunk_size : int
+        Bytes read at a time.
+
+    Returns
+    -------
+    str
+        64 hex characters.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "empty"
+    >>> path.write_bytes(b"")
+    0
+    >>> sha256sum(path)[:16]
+    'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fin:
+        while block := fin.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: str | Path, names: list[str]) -> Path:
+    """Writes ``SHA256SUMS`` (``sha256sum`` format) for ``names`` inside ``folder``.
+
+    Arguments
+    ---------
+    folder : str or Path
+        Model folder.
+    names : list of str
+        File names relative to ``folder``.
+
+    Returns
+    -------
+    Path
+        The sums file.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.ckpt").write_bytes(b"weights")
+    >>> write_checksums(folder, ["a.ckpt"]).read_text().split()[1]
+    'a.ckpt'
+    """
+    folder = Path(folder)
+    lines = [f"{sha256sum(folder / name)}  {name}\n" for name in sorted(names)]
+    path = folder / SUMS_FILE
+    path.write_text("".join(lines))
+    return path
+
+
+def verify_checksums(folder: str | Path) -> list[str]:
+    """Checks every file listed in ``folder/SHA256SUMS`` against its digest.
+
+    Arguments
+    ---------
+    folder : str or Path
+        Model folder.
+
+    Returns
+    -------
+    list of str
+        The verified file names.
+
+    Raises
+    ------
+    ModelFolderError
+        No sums file, a malformed line, a listed file missing, or a digest
+        mismatch (the message names the file).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.ckpt").write_bytes(b"weights")
+    >>> _ = write_checksums(folder, ["a.ckpt"])
+    >>> verify_checksums(folder)
+    ['a.ckpt']
+    >>> _ = (folder / "a.ckpt").write_bytes(b"tampered")
+    >>> verify_checksums(folder)
+    Traceback (most recent call last):
+    ...
+    speechbrain_slap.export.ModelFolderError: ...a.ckpt: SHA-256 mismatch...
+    """
+    folder = Path(folder)
+    sums = folder / SUMS_FILE
+    if not sums.is_file():
+        raise ModelFolderError(
+            f"{folder}: no {SUMS_FILE} file; a model folder lists the SHA-256 of its weight files "
+            "(write one with speechbrain_slap.export.write_checksums if you trust the files)"
+        )
+    verified = []
+    for number, line in enumerate(sums.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+            raise ModelFolderError(f"{sums}, line {number}: expected '<sha256>  <file name>'")
+        expected, name = parts[0], parts[1].strip().lstrip("*")
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ModelFolderError(f"{sums}, line {number}: file name must be inside the folder")
+        if not path.is_file():
+            raise ModelFolderError(f"{path}: listed in {SUMS_FILE} but missing")
+        actual = sha256sum(path)
+        if actual != expected:
+            raise ModelFolderError(
+                f"{path}: SHA-256 mismatch (expected {expected}, file has {actual}); "
+                "the file is corrupt or was changed"
+            )
+        verified.append(name)
+    return verified
+
+
+def find_best_checkpoint(save_folder: str | Path, max_key: str = "mean_R@1") -> Path:
+    """The checkpoint folder with the highest ``max_key`` in its meta (else the newest).
+
+    Arguments
+    ---------
+    save_folder : str or Path
+        A recipe's ``save`` folder (``CKPT+*`` sub-folders).
+    max_key : str
+        Meta key to maximise.
+
+    Returns
+    -------
+    Path
+        The ``CKPT+...`` folder.
+    """
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    checkpointer = Checkpointer(save_folder)
+    checkpoints = checkpointer.list_checkpoints()
+    if not checkpoints:
+        raise ModelFolderError(f"{save_folder}: no complete checkpoint (CKPT+*/CKPT.yaml)")
+    scored = [c for c in checkpoints if max_key in c.meta]
+    if scored:
+        return Path(max(scored, key=lambda c: c.meta[max_key]).path)
+    return Path(max(checkpoints, key=lambda c: c.meta.get("unixtime", 0)).path)
+
+
+def inference_yaml(training_yaml: str | Path, max_duration: float | None = None) -> str:
+    """The inference ``hyperparams.yaml`` text for a training yaml.
+
+    Copies the model definitions (``MODEL_KEYS``) and, recursively, every
+    top-level key they reference (``<key>``), in the training file's order, then
+    appends the tokenizer, ``window_hop``, ``modules`` and the ``pretrainer``.
+
+    Arguments
+    ---------
+    training_yaml : str or Path
+        A recipe's saved ``hyperparams.yaml`` (or any training yaml).
+    max_duration : float, optional
+        Longest window in seconds (default: the yaml's ``max_duration`` or 30).
+
+    Returns
+    -------
+    str
+        YAML text.
+
+    Example
+    -------
+    >>> text = inference_yaml("recipes/pretrain/hparams/pretrain_tiny_synth.yaml")
+    >>> "audio_encoder:" in text and "output_folder" not in text
+    True
+    """
+    yaml = YAML()  # round trip: tags (!new:, !ref) and order are kept
+    with open(training_yaml) as fin:
+        tree = yaml.load(fin)
+    missing = [key for key in MODEL_KEYS if key not in tree]
+    if missing:
+        raise ModelFolderError(f"{training_yaml}: missing model definitions {missing}")
+
+    wanted, todo = set(), list(MODEL_KEYS) + ["sample_rate"]
+    while todo:
+        key = todo.pop()
+        if key in wanted or key not in tree:
+            continue
+        wanted.add(key)
+        todo.extend(_references(tree[key]))
+    subset = {key: tree[key] for key in tree if key in wanted and key != "max_duration"}
+    if max_duration is None:
+        max_duration = float(tree.get("max_duration", DEFAULT_MAX_DURATION))
+
+    stream = io.StringIO()
+    stream.write(
+        "# SLAP model: the model definitions of the training yaml, then the inference parts.\n"
+        "# This file is executable configuration (HyperPyYAML): load model folders only from\n"
+        "# sources you trust.\n\n"
+    )
+    yaml.dump(subset, stream)
+    loadables = "\n".join(f"        {key}: !ref <{key}>" for key in MODEL_KEYS[1:])
+    modules = "\n".join(f"    {key}: !ref <{key}>" for key in MODEL_KEYS)
+    stream.write(
+        f"""
+# ---- inference -------------------------------------------------------------
+max_duration: {max_duration}   # longer audio is split into windows of this length
+window_hop: !ref <max_duration>   # seconds between window starts (< max_duration: overlap)
+tokenizer: !new:sentencepiece.SentencePieceProcessor
+
+modules:
+{modules}
+
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+{loadables}
+        tokenizer: !ref <tokenizer>
+"""
+    )
+    return stream.getvalue()
+
+
+def _references(node) -> list[str]:
+    """Top-level keys referenced (``<key``) anywhere inside a yaml node."""
+    found = []
+    if isinstance(node, dict):
+        for value in node.values():
+            found.extend(_references(value))
+    elif isinstance(node, list | tuple):
+        for value in node:
+            found.extend(_references(value))
+    else:
+        text = getattr(node, "value", node)
+        if isinstance(text, str):
+            found.extend(_REFERENCE.findall(text))
+    return found
+
+
+def _plain_value(config: dict, key: str, depth: int = 0):
+    """A scalar of a round-trip-loaded yaml, with simple ``!ref <a>/b`` strings resolved."""
+    value = config.get(key)
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and depth > 0):
+        return value
+    if isinstance(value, str):
+        return value
+    text = getattr(value, "value", None)
+    if getattr(value, "tag", None) is None or not isinstance(text, str) or depth > 8:
+        return None
+    for name in set(_REFERENCE.findall(text)):
+        resolved = _plain_value(config, name, depth + 1)
+        if resolved is None:
+            return None
+        text = text.replace(f"<{name}>", str(resolved))
+    return text
+
+
+def find_tokenizer(output_folder: Path) -> Path:
+    """The caption SentencePiece model of a recipe output (``save/tokenizer/*.model``)."""
+    candidates = sorted((output_folder / "save").glob("**/*.model"))
+    if len(candidates) != 1:
+        raise ModelFolderError(
+            f"{output_folder}: expected one SentencePiece model under save/, "
+            f"found {[str(c) for c in candidates]}"
+        )
+    return candidates[0]
+
+
+def export_model(
+    output_folder: str | Path,
+    model_folder: str | Path,
+    checkpoint: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Turns a pretraining/fine-tuning recipe output into a SLAP model folder.
+
+    Arguments
+    ---------
+    output_folder : str or Path
+        The recipe's ``output_folder`` (``hyperparams.yaml``, ``save/``, and
+        ``test_results.json`` when the recipe evaluated the test split).
+    model_folder : str or Path
+        Folder to write (created).
+    checkpoint : str or Path, optional
+        A ``CKPT+...`` folder; default: the best by ``mean_R@1``.
+    overwrite : bool
+        Replace the files of an existing non-empty ``model_folder``.
+
+    Returns
+    -------
+    Path
+        ``model_folder``.
+    """
+    output_folder, model_folder = Path(output_folder), Path(model_folder)
+    training_yaml = output_folder / "hyperparams.yaml"
+    if not training_yaml.is_file():
+        raise ModelFolderError(f"{output_folder}: no hyperparams.yaml; is it a recipe output?")
+    if model_folder.exists() and any(model_folder.iterdir()) and not overwrite:
+        raise ModelFolderError(f"{model_folder}: exists and is not empty (use overwrite)")
+    checkpoint = Path(checkpoint) if checkpoint else find_best_checkpoint(output_folder / "save")
+    sources = {f"{key}.ckpt": checkpoint / f"{key}.ckpt" for key in MODEL_KEYS[1:]}
+    sources["tokenizer.ckpt"] = find_tokenizer(output_folder)
+    for name, source in sources.items():
+        if not source.is_file():
+            raise ModelFolderError(f"{source}: missing, needed for {name}")
+    text = inference_yaml(training_yaml)
+
+    model_folder.mkdir(parents=True, exist_ok=True)
+    for name, source in sources.items():
+        shutil.copyfile(source, model_folder / name)
+    (model_folder / "hyperparams.yaml").write_text(text)
+    write_checksums(model_folder, list(sources))
+    results = output_folder / "test_results.json"
+    metrics = json.loads(results.read_text()) if results.is_file() else None
+    (model_folder / "README.md").write_text(
+        model_card(model_folder, training_yaml, checkpoint, metrics)
+    )
+    logger.info("model folder written to %s (from %s)", model_folder, checkpoint)
+    return model_folder
+
+
+def model_card(
+    model_folder: Path, training_yaml: Path, checkpoint: Path, metrics: dict | None
+) -> str:
+    """README.md text of a model folder: data, architecture, metrics, files, usage."""
+    with open(training_yaml) as fin:
+        config = YAML().load(fin) or {}  # round trip: tags stay data, nothing is built
+    data = [
+        f"- {key}: `{_plain_value(config, key)}`"
+        for key in ("generate_corpus", "data_folder", "train_csv", "train_shards")
+        if _plain_value(config, key) is not None
+    ]
+    arch = [
+        f"- {key}: {config[key]}"
+        for key in ("embed_dim", "depth", "num_heads", "mlp_hidden", "n_mels", "max_duration")
+        if isinstance(config.get(key), int | float)
+    ]
+    if metrics:
+        rows = [f"| {key} | {value:.4g} |" for key, value in metrics.items()]
+        results = "| metric | value |\n|---|---|\n" + "\n".join(rows)
+    else:
+        results = "No test_results.json in the recipe output: not evaluated."
+    sums = (model_folder / SUMS_FILE).read_text().strip()
+    return f"""# SLAP model
+
+Exported by `slap export` from the recipe checkpoint `{checkpoint.name}`.
+
+## Training data
+{chr(10).join(data) or "- (not recorded in the training yaml)"}
+
+## Architecture
+{chr(10).join(arch) or "- see hyperparams.yaml"}
+
+## Test metrics (from the recipe's test_results.json)
+{results}
+
+## Files and SHA-256
+```
+{sums}
+```
+`SLAP.from_hparams` checks these sums before loading. `hyperparams.yaml` is executable
+configuration (HyperPyYAML): use model folders only from sources you trust.
+
+## Usage
+```python
+from speechbrain_slap.inference import SLAP
+
+model = SLAP.from_hparams(source="{model_folder.name}")
+audio = model.encode_file("clip.wav")
+scores, best, index, labels = model.classify_file("clip.wav", ["dog barking", "rain"])
+```
+"""

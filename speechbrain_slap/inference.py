@@ -1,0 +1,511 @@
+"""``SLAP``: SpeechBrain ``Pretrained`` interface of a SLAP model folder.
+
+Load a folder written by ``slap export`` (see ``speechbrain_slap.export``) and
+embed, classify, search and caption audio of any length and format::
+
+    from speechbrain_slap.inference import SLAP
+
+    model = SLAP.from_hparams(source="my_slap_model", run_opts={"device": "cpu"})
+    audio = model.encode_file("clip.flac")                      # (D,), unit norm
+    text = model.encode_text(["a dog barks", "rain on a roof"])   # (2, D)
+    scores, best, index, labels = model.classify_file("clip.flac", ["dog", "rain"])
+    caption = model.caption_file("clip.flac", beam_size=4)
+
+Audio is packed: no compute is spent on padding, and a clip gives the same
+embedding alone or inside any batch.
+
+Long audio (the documented rule)
+--------------------------------
+A clip longer than ``max_duration`` (30 s) is cut into windows of
+``max_duration`` seconds starting every ``window_hop`` seconds (default: the
+window length, i.e. no overlap); the last window is aligned to the end of the
+clip, so every sample is seen and no window is shorter than ``max_duration``.
+The clip embedding is the mean of the L2-normalised window embeddings,
+L2-normalised again. Captions attend to the tokens of all windows; frame
+embeddings are taken from the windows in order, each time step from the first
+window that covers it. Nothing is dropped.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from speechbrain.inference.interfaces import Pretrained
+
+from speechbrain_slap.data.audio import check_waveform, load_audio
+from speechbrain_slap.export import verify_checksums
+from speechbrain_slap.lobes.caption_decoder import decode_ids
+from speechbrain_slap.lobes.features import pad_waveforms
+from speechbrain_slap.lobes.frame_encoder import time_step_features
+from speechbrain_slap.lobes.packing import PATCH_FRAMES, unpack_tokens
+
+DEFAULT_TEMPLATE = "This is a sound of {label}."
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start samples of the windows that cover a clip (the long-audio rule).
+
+    Windows start at ``0, hop, 2 * hop, ...`` while they end inside the clip;
+    the last one is aligned to the clip's end. A clip no longer than ``window``
+    is one window.
+
+    Arguments
+    ---------
+    n_samples : int
+        Clip length in samples.
+    window : int
+        Window length in samples.
+    hop : int
+        Samples between window starts (``1 <= hop <= window``).
+
+    Returns
+    -------
+    list of int
+
+    Example
+    -------
+    >>> window_starts(75, window=30, hop=30)
+    [0, 30, 45]
+    >>> window_starts(20, window=30, hop=30)
+    [0]
+    """
+    if not 1 <= hop <= window:
+        raise ValueError(f"window hop must be in [1, {window}] samples, got {hop}")
+    if n_samples <= window:
+        return [0]
+    starts = list(range(0, n_samples - window, hop))
+    return starts + [n_samples - window]
+
+
+class SLAP(Pretrained):
+    """A SLAP model folder, ready to embed, classify, search and caption audio.
+
+    Build it with ``SLAP.from_hparams(source=FOLDER, savedir=None, run_opts=...)``;
+    the SHA-256 sums of the folder's weight files are checked first.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As ``speechbrain.inference.interfaces.Pretrained``.
+
+    Example
+    -------
+    >>> model = SLAP.from_hparams(source=tiny_model_folder)  # doctest: +SKIP
+    >>> model.encode_file("clip.wav").shape  # doctest: +SKIP
+    torch.Size([128])
+    """
+
+    HPARAMS_NEEDED = ["sample_rate", "max_duration", "window_hop"]
+    MODULES_NEEDED = ["compute_features", "audio_encoder", "audio_pooling", "text_encoder"]
+
+    def __init__(self, *args, batch_seconds: float = 300.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_seconds = batch_seconds
+        self.sample_rate = int(self.hparams.sample_rate)
+        self.window = int(round(float(self.hparams.max_duration) * self.sample_rate))
+        self.hop = int(round(float(self.hparams.window_hop) * self.sample_rate))
+        window_starts(self.window + 1, self.window, self.hop)  # validates the hop
+        self.frame_seconds = PATCH_FRAMES * self.mods.compute_features.hop_samples
+        self.frame_seconds /= self.sample_rate
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", verify=True, **kwargs):
+        """Loads a model folder; ``verify`` checks its ``SHA256SUMS`` first.
+
+        Arguments
+        ---------
+        source : str or Path
+            The model folder.
+        hparams_file : str
+            The yaml inside it.
+        verify : bool
+            Check the weight files against ``SHA256SUMS`` (a local folder must
+            have one) before anything is loaded.
+        **kwargs
+            ``savedir``, ``run_opts``, ``batch_seconds``... as for ``Pretrained``.
+
+        Returns
+        -------
+        SLAP
+        """
+        folder = Path(source)
+        if verify:
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"{source}: not a model folder (SLAP models load from local folders)"
+                )
+            verify_checksums(folder)
+        return super().from_hparams(source=str(source), hparams_file=hparams_file, **kwargs)
+
+    # -- audio in ---------------------------------------------------------------------
+    def load_audio(self, path, savedir=None) -> torch.Tensor:
+        """Any soundfile-readable file -> mono float32 at the model's rate.
+
+        Raises ``speechbrain_slap.data.audio.AudioLoadError`` naming the file.
+        """
+        return load_audio(path, self.sample_rate)
+
+    def _split(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> list[torch.Tensor]:
+        """A padded batch (or one waveform) -> its clips, cut at their exact lengths."""
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wavs.dim() != 2:
+            raise ValueError(f"wavs must be (batch, samples) or (samples,), got {wavs.shape}")
+        total = wavs.shape[1]
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0])
+        if wav_lens.shape != (wavs.shape[0],):
+            raise ValueError(f"wav_lens must have shape ({wavs.shape[0]},), got {wav_lens.shape}")
+        if bool(((wav_lens <= 0) | (wav_lens > 1 + 1e-6)).any()):
+            raise ValueError(f"wav_lens must be relative lengths in (0, 1], got {wav_lens}")
+        counts = [max(1, min(total, round(float(r) * total))) for r in wav_lens]
+        return [check_waveform(wavs[i, :n].cpu(), f"waveform {i}") for i, n in enumerate(counts)]
+
+    def _windows(self, clips: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+        """All windows of all clips and the clip each window belongs to."""
+        windows, owner = [], []
+        for index, clip in enumerate(clips):
+            for start in window_starts(clip.numel(), self.window, self.hop):
+                windows.append(clip[start : start + self.window])
+                owner.append(index)
+        return windows, owner
+
+    def _chunks(self, windows: Sequence[torch.Tensor]) -> list[range]:
+        """Consecutive groups of windows of at most ``batch_seconds`` audio (>= 1 each)."""
+        budget = self.batch_seconds * self.sample_rate
+        chunks, start, used = [], 0, 0
+        for i, wav in enumerate(windows):
+            if i > start and used + wav.numel() > budget:
+                chunks.append(range(start, i))
+                start, used = i, 0
+            used += wav.numel()
+        chunks.append(range(start, len(windows)))
+        return chunks
+
+    @torch.no_grad()
+    def _encode_windows(self, windows: Sequence[torch.Tensor]):
+        """Packed encoder pass over windows; yields ``(tokens, packed)`` per chunk."""
+        for chunk in self._chunks(windows):
+            wavs, wav_lens = pad_waveforms([windows[i] for i in chunk])
+            with self.inference_ctx:
+                feats = self.mods.compute_features(wavs.to(self.device))
+                packed = self.mods.audio_encoder.patchify(feats, wav_lens.to(self.device))
+                tokens = self.mods.audio_encoder(packed)
+            yield tokens.float(), packed
+
+    # -- embeddings ---------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_waveforms(self, clips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """L2-normalised embeddings of 1-D waveforms of any lengths (model rate).
+
+        Arguments
+        ---------
+        clips : sequence of torch.Tensor
+            Mono waveforms at ``sample_rate``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, D)`` on the CPU.
+        """
+        clips = [
+            check_waveform(torch.as_tensor(c).cpu(), f"waveform {i}") for i, c in enumerate(clips)
+        ]
+        if not clips:
+            raise ValueError("no audio to encode")
+        windows, owner = self._windows(clips)
+        pooled = []
+        for tokens, packed in self._encode_windows(windows):
+            with self.inference_ctx:
+                emb = self.mods.audio_pooling(tokens, cu_seqlens=packed.cu_seqlens)
+            pooled.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+        pooled = torch.cat(pooled)
+        owner = torch.tensor(owner)
+        sums = torch.zeros(len(clips), pooled.shape[1]).index_add_(0, owner, pooled)
+        return torch.nn.functional.normalize(sums, dim=-1)
+
+    def encode_audio_batch(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Audio embeddings of a padded batch.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` waveforms at ``sample_rate`` (or one ``(S,)`` waveform).
+        wav_lens : torch.Tensor, optional
+            ``(B,)`` relative lengths; None means all ``S`` samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, D)`` L2-normalised, on the CPU.
+        """
+        return self.encode_waveforms(self._split(wavs, wav_lens))
+
+    def encode_file(self, path: str | Path) -> torch.Tensor:
+        """``(D,)`` L2-normalised embedding of an audio file (any length and format)."""
+        return self.encode_waveforms([self.load_audio(path)])[0]
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str] | str, batch_size: int = 256) -> torch.Tensor:
+        """``(N, D)`` L2-normalised text embeddings (CPU).
+
+        Arguments
+        ---------
+        texts : str or sequence of str
+            Captions or prompts (non-empty strings).
+        batch_size : int
+            Texts per forward.
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise ValueError("no text to encode")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"text {i} must be a non-empty string, got {text!r}")
+        out = []
+        for start in range(0, len(texts), batch_size):
+            with self.inference_ctx:
+                emb = self.mods.text_encoder(texts[start : start + batch_size])
+            out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+        return torch.cat(out)
+
+    # -- zero-shot classification ----------------------------------------------------------
+    def label_embeddings(
+        self, labels: Sequence[str], templates: Sequence[str] | str = DEFAULT_TEMPLATE
+    ) -> torch.Tensor:
+        """``(C, D)`` class embeddings: the mean over prompt templates, renormalised.
+
+        Arguments
+        ---------
+        labels : sequence of str
+            Class names (``_`` is read as a space).
+        templates : str or sequence of str
+            Prompts with a ``{label}`` field; several make a prompt ensemble.
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        labels = list(labels)
+        templates = [templates] if isinstance(templates, str) else list(templates)
+        if not labels or not templates:
+            raise ValueError("need at least one label and one template")
+        for template in templates:
+            if "{label}" not in template:
+                raise ValueError(f"template {template!r} has no {{label}} field")
+        prompts = [t.format(label=label.replace("_", " ")) for label in labels for t in templates]
+        emb = self.encode_text(prompts).view(len(labels), len(templates), -1).mean(dim=1)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+    def scores_from_embeddings(self, audio: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over classes: log-softmax of scaled cosine similarity."""
+        scale = float(self.mods.clap_loss.scale) if "clap_loss" in self.mods else 1.0
+        return torch.log_softmax(scale * audio @ classes.T, dim=-1)
+
+    def classify_batch(
+        self,
+        wavs: torch.Tensor,
+        wav_lens: torch.Tensor | None = None,
+        labels: Sequence[str] = (),
+        templates: Sequence[str] | str = DEFAULT_TEMPLATE,
+    ):
+        """Zero-shot classification, returning what ``EncoderClassifier`` returns.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` waveforms.
+        wav_lens : torch.Tensor, optional
+            ``(B,)`` relative lengths.
+        labels : sequence of str
+            Class names.
+        templates : str or sequence of str
+            Prompt template(s) with ``{label}``.
+
+        Returns
+        -------
+        scores : torch.Tensor
+            ``(B, C)`` log-probabilities (log-softmax of the model's logit scale
+            times the cosine similarity).
+        best : torch.Tensor
+            ``(B,)`` best log-probability.
+        index : torch.Tensor
+            ``(B,)`` best class index.
+        text_labels : list of str
+            Best class names.
+        """
+        audio = self.encode_audio_batch(wavs, wav_lens)
+        return self._classify(audio, labels, templates)
+
+    def classify_file(self, path, labels, templates=DEFAULT_TEMPLATE):
+        """``classify_batch`` for one file; outputs have a batch dimension of 1."""
+        audio = self.encode_file(path).unsqueeze(0)
+        return self._classify(audio, labels, templates)
+
+    def _classify(self, audio, labels, templates):
+        scores = self.scores_from_embeddings(audio, self.label_embeddings(labels, templates))
+        best, index = scores.max(dim=-1)
+        return scores, best, index, [list(labels)[i] for i in index.tolist()]
+
+    # -- retrieval ----------------------------------------------------------------------------
+    def retrieve(self, queries, gallery: torch.Tensor, k: int = 5):
+        """Top-``k`` gallery items of each query, by cosine similarity.
+
+        Works both ways: text queries (strings, embedded here) against an audio
+        gallery, or audio queries (embeddings) against a text gallery.
+
+        Arguments
+        ---------
+        queries : str, sequence of str, or torch.Tensor
+            Texts, or ``(N, D)`` embeddings.
+        gallery : torch.Tensor or sequence of str
+            ``(M, D)`` embeddings, or texts (embedded here).
+        k : int
+            Results per query (at most ``M``).
+
+        Returns
+        -------
+        scores : torch.Tensor
+            ``(N, k)`` cosine similarities, best first.
+        indices : torch.Tensor
+            ``(N, k)`` gallery indices.
+        """
+        queries = self._as_embeddings(queries, "queries")
+        gallery = self._as_embeddings(gallery, "gallery")
+        if queries.shape[1] != gallery.shape[1]:
+            raise ValueError(
+                f"queries have dimension {queries.shape[1]}, gallery {gallery.shape[1]}"
+            )
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        similarity = queries @ gallery.T
+        return similarity.topk(min(k, gallery.shape[0]), dim=-1)
+
+    def _as_embeddings(self, items, name: str) -> torch.Tensor:
+        if isinstance(items, str) or (
+            isinstance(items, Sequence) and items and isinstance(items[0], str)
+        ):
+            return self.encode_text(items)
+        items = torch.as_tensor(items, dtype=torch.float32)
+        if items.dim() == 1:
+            items = items.unsqueeze(0)
+        if items.dim() != 2 or items.shape[0] == 0:
+            raise ValueError(f"{name} must be texts or (N, D) embeddings, got {items.shape}")
+        return torch.nn.functional.normalize(items, dim=-1)
+
+    # -- captioning ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def caption_waveforms(
+        self, clips: Sequence[torch.Tensor], beam_size: int = 4, max_length: int | None = None
+    ) -> list[str]:
+        """Captions of 1-D waveforms (beam search; ``beam_size=1`` is greedy).
+
+        Arguments
+        ---------
+        clips : sequence of torch.Tensor
+            Mono waveforms at ``sample_rate``.
+        beam_size : int
+            Beams per clip.
+        max_length : int, optional
+            Most caption tokens.
+
+        Returns
+        -------
+        list of str
+        """
+        if "caption_decoder" not in self.mods or not hasattr(self.hparams, "tokenizer"):
+            raise RuntimeError("this model folder has no caption decoder and tokenizer")
+        clips = [
+            check_waveform(torch.as_tensor(c).cpu(), f"waveform {i}") for i, c in enumerate(clips)
+        ]
+        windows, owner = self._windows(clips)
+        per_window = []
+        for tokens, packed in self._encode_windows(windows):
+            lengths = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).tolist()
+            per_window.extend(tokens.split(lengths))
+        # A clip's memory: the tokens of all its windows, in order.
+        memories = [[] for _ in clips]
+        for tokens, index in zip(per_window, owner, strict=True):
+            memories[index].append(tokens)
+        memory = [torch.cat(m) for m in memories]
+        cu = torch.zeros(len(memory) + 1, dtype=torch.int32, device=memory[0].device)
+        cu[1:] = torch.cumsum(torch.tensor([m.shape[0] for m in memory], device=cu.device), 0)
+        audio, audio_mask = unpack_tokens(torch.cat(memory), cu)
+        with self.inference_ctx:
+            ids = self.mods.caption_decoder.beam_search(
+                audio, audio_mask, beam_size=beam_size, max_length=max_length
+            )
+        return [decode_ids(self.hparams.tokenizer, seq) for seq in ids]
+
+    def caption_batch(self, wavs, wav_lens=None, beam_size: int = 4, max_length=None):
+        """Captions of a padded batch; see ``caption_waveforms``."""
+        return self.caption_waveforms(self._split(wavs, wav_lens), beam_size, max_length)
+
+    def caption_file(self, path, beam_size: int = 4, max_length=None) -> str:
+        """Caption of one audio file."""
+        return self.caption_waveforms([self.load_audio(path)], beam_size, max_length)[0]
+
+    # -- frame features ------------------------------------------------------------------------
+    @torch.no_grad()
+    def frame_embeddings(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+        """Per-time-step encoder features with their timestamps.
+
+        One time step is one 16-frame patch column (``frame_seconds``, 0.16 s):
+        the mean of its frequency tokens. For long audio, each time step comes
+        from the first window that covers it.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` waveforms (or one ``(S,)``).
+        wav_lens : torch.Tensor, optional
+            ``(B,)`` relative lengths.
+
+        Returns
+        -------
+        frames : torch.Tensor
+            ``(B, T', D)`` zero-padded features (CPU).
+        times : torch.Tensor
+            ``(B, T')`` start time in seconds of each step (0 on padding).
+        frame_lens : torch.Tensor
+            ``(B,)`` relative lengths of ``frames``.
+        """
+        clips = self._split(wavs, wav_lens)
+        windows, owner = self._windows(clips)
+        starts = [s for c in clips for s in window_starts(c.numel(), self.window, self.hop)]
+        steps = []
+        for tokens, packed in self._encode_windows(windows):
+            frames, mask = time_step_features(tokens, packed)
+            steps.extend(f[m].cpu() for f, m in zip(frames, mask, strict=True))
+        per_clip = [([], []) for _ in clips]
+        covered = [0.0] * len(clips)
+        for feats, index, start in zip(steps, owner, starts, strict=True):
+            offset = start / self.sample_rate
+            times = offset + self.frame_seconds * torch.arange(feats.shape[0])
+            keep = times >= covered[index] - 1e-9
+            per_clip[index][0].append(feats[keep])
+            per_clip[index][1].append(times[keep])
+            if keep.any():
+                covered[index] = float(times[keep][-1]) + self.frame_seconds
+        frames = [torch.cat(f) for f, _ in per_clip]
+        times = [torch.cat(t) for _, t in per_clip]
+        longest = max(f.shape[0] for f in frames)
+        out = torch.zeros(len(frames), longest, frames[0].shape[1])
+        out_times = torch.zeros(len(frames), longest)
+        for i, (f, t) in enumerate(zip(frames, times, strict=True)):
+            out[i, : f.shape[0]], out_times[i, : t.shape[0]] = f, t
+        frame_lens = torch.tensor([f.shape[0] / longest for f in frames])
+        return out, out_times, frame_lens
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> torch.Tensor:
+        """Audio embeddings (``encode_audio_batch``)."""
+        return self.encode_audio_batch(wavs, wav_lens)
