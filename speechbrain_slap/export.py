@@ -10,6 +10,8 @@ A SLAP model folder holds::
     caption_decoder.ckpt
     clap_loss.ckpt
     tokenizer.ckpt        the caption SentencePiece model
+    ssl_head.ckpt         the SSL prototype head and the EMA teacher: not used
+    teacher.ckpt          for inference, kept so fine-tuning continues all three losses
     SHA256SUMS            ``<sha256>  <file>`` for every weight file
     README.md             model card: data, architecture, test metrics, usage
 
@@ -43,7 +45,8 @@ MODEL_KEYS = (
     "caption_decoder",
     "clap_loss",
 )
-WEIGHT_FILES = tuple(f"{key}.ckpt" for key in MODEL_KEYS[1:]) + ("tokenizer.ckpt",)
+# In the checkpoint, copied when present: what fine-tuning needs beyond inference.
+TRAINING_FILES = ("ssl_head.ckpt", "teacher.ckpt")
 SUMS_FILE = "SHA256SUMS"
 DEFAULT_MAX_DURATION = 30.0
 _REFERENCE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)")
@@ -357,6 +360,9 @@ def export_model(
     for name, source in sources.items():
         if not source.is_file():
             raise ModelFolderError(f"{source}: missing, needed for {name}")
+    sources.update(
+        {name: checkpoint / name for name in TRAINING_FILES if (checkpoint / name).is_file()}
+    )
     text = inference_yaml(training_yaml)
 
     model_folder.mkdir(parents=True, exist_ok=True)
