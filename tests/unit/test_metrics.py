@@ -1,4 +1,4 @@
-"""Tests for metrics.py: retrieval against a loop-based reference and hand-made cases."""
+"""Tests for metrics.py: retrieval, accuracy and tagging mAP against independent references."""
 
 import math
 import statistics
@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from speechbrain_slap.metrics import accuracy, retrieval_metrics, zero_shot_accuracy
+from speechbrain_slap.metrics import (
+    accuracy,
+    macro_average_precision,
+    retrieval_metrics,
+    zero_shot_accuracy,
+)
 
 
 def reference_ranks(scores, matching):
@@ -85,6 +90,25 @@ def test_retrieval_matches_reference(seed, kind):
     ks = (1, 2, 5, 10)
     expected = reference_retrieval(similarity, text_to_audio.tolist(), ks)
     assert_metrics_equal(retrieval_metrics(similarity, text_to_audio, ks), expected)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "few_levels"])
+def test_retrieval_five_captions_per_audio_matches_reference(kind):
+    """The benchmark layout (5 captions per clip, shuffled), with and without ties."""
+    gen = torch.Generator().manual_seed(7)
+    n_audios = 30
+    text_to_audio = torch.arange(n_audios).repeat_interleave(5)
+    text_to_audio = text_to_audio[torch.randperm(len(text_to_audio), generator=gen)]
+    shape = (len(text_to_audio), n_audios)
+    if kind == "continuous":
+        similarity = torch.randn(shape, generator=gen)
+        similarity[torch.arange(shape[0]), text_to_audio] += 2.0
+    else:
+        similarity = torch.randint(0, 3, shape, generator=gen).float()
+        similarity[torch.arange(shape[0]), text_to_audio] += 1.0
+    expected = reference_retrieval(similarity, text_to_audio.tolist())
+    assert expected["t2a_R@1"] not in (0.0, 1.0) and expected["a2t_mAP@10"] not in (0.0, 1.0)
+    assert_metrics_equal(retrieval_metrics(similarity, text_to_audio), expected)
 
 
 def wavcaps_retrieval(similarity):
@@ -290,3 +314,90 @@ def test_accuracy():
         accuracy([], [])
     with pytest.raises(ValueError, match="integer"):
         accuracy(torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
+
+
+def sklearn_per_class_ap(scores, targets):
+    """scikit-learn's average precision of every class (the reference)."""
+    from sklearn.metrics import average_precision_score
+
+    return np.array(
+        [average_precision_score(targets[:, c], scores[:, c]) for c in range(targets.shape[1])]
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("decimals", [None, 1])
+def test_macro_ap_matches_sklearn(seed, decimals):
+    """Per-class AP equals scikit-learn's; ``decimals=1`` makes many tied scores."""
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(seed)
+    n_clips, n_classes = 60 + 20 * seed, 9
+    targets = (rng.random((n_clips, n_classes)) < 0.3).astype(np.int64)
+    targets[:, 0] = 0  # a class without positives is left out
+    targets[rng.integers(n_clips), 0 if seed % 2 else 1] = 1
+    targets[:, -1] = 1  # every clip positive: AP is 1 at any ranking
+    scores = rng.random((n_clips, n_classes)) + 0.3 * targets
+    if decimals is not None:
+        scores = scores.round(decimals)
+    evaluated = targets.sum(axis=0) > 0
+
+    macro_ap, per_class = macro_average_precision(scores, targets, return_per_class=True)
+    expected = sklearn_per_class_ap(scores[:, evaluated], targets[:, evaluated])
+    np.testing.assert_allclose(per_class.numpy()[evaluated], expected, rtol=0, atol=1e-12)
+    assert np.isnan(per_class.numpy()[~evaluated]).all()
+    assert macro_ap == pytest.approx(expected.mean(), abs=1e-12)
+    assert per_class[-1] == 1.0
+    # The float form equals the tuple's, and torch / bool inputs give the same.
+    assert macro_average_precision(scores, targets) == macro_ap
+    assert macro_average_precision(torch.from_numpy(scores), torch.from_numpy(targets == 1)) == (
+        pytest.approx(macro_ap, abs=1e-12)
+    )
+
+
+def test_macro_ap_perfect_ranking_is_one():
+    """Every positive above every negative in each class: AP = 1."""
+    targets = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]])
+    scores = torch.tensor([[0.9, -1.0], [0.8, 3.0], [0.1, 2.0], [0.0, 1.0]])
+    assert macro_average_precision(scores, targets) == 1.0
+
+
+def test_macro_ap_by_hand():
+    """Class 0: positives at ranks 1 and 3 of 4; class 1: a positive tied with a negative.
+
+    Class 0: AP = (1/1 + 2/3) / 2 = 5/6. Class 1 ranks clip 3 first, then clips 0 and 1
+    tied (one positive, one negative): the positive enters with both, precision 2/3,
+    so AP = (1/1 + 2/3) / 2 = 5/6 as well. Class 2 has no positive and is left out.
+    """
+    scores = torch.tensor(
+        [[0.9, 0.5, 0.1], [0.8, 0.5, 0.2], [0.7, 0.1, 0.3], [0.2, 0.9, 0.4]], dtype=torch.float64
+    )
+    targets = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    macro_ap, per_class = macro_average_precision(scores, targets, return_per_class=True)
+    assert per_class[:2].tolist() == pytest.approx([5 / 6, 5 / 6], abs=1e-12)
+    assert torch.isnan(per_class[2])
+    assert macro_ap == pytest.approx(5 / 6, abs=1e-12)
+
+
+def test_macro_ap_constant_scores_equal_prevalence():
+    """All scores tied: one threshold, AP = share of positives (sklearn's convention)."""
+    targets = torch.tensor([[1], [0], [0], [1], [0]])
+    assert macro_average_precision(torch.zeros(5, 1), targets) == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize(
+    ("scores", "targets", "message"),
+    [
+        (torch.zeros(4), torch.zeros(4), "2-D"),
+        (torch.zeros(4, 2), torch.zeros(4, 3), r"shape of scores \(4, 2\)"),
+        (torch.zeros(4, 2), torch.zeros(2, 4), r"shape of scores \(4, 2\)"),
+        (torch.zeros(2, 2), torch.tensor([[1, 2], [0, 1]]), r"0/1 labels, got values \[2.0\]"),
+        (torch.zeros(2, 2), torch.tensor([[0.5, 1.0], [0.0, 1.0]]), "0/1 labels"),
+        (torch.zeros(2, 2), torch.tensor([[-1, 1], [0, 1]]), "0/1 labels"),
+        (torch.tensor([[0.0, float("inf")], [0.0, 1.0]]), torch.eye(2), "NaN or infinite"),
+        (torch.tensor([[0.0, float("nan")], [0.0, 1.0]]), torch.eye(2), "NaN or infinite"),
+        (torch.zeros(3, 2), torch.zeros(3, 2), "no positive clip in any of its 2 classes"),
+    ],
+)
+def test_macro_ap_rejects_bad_inputs(scores, targets, message):
+    with pytest.raises(ValueError, match=message):
+        macro_average_precision(scores, targets)

@@ -1,0 +1,360 @@
+"""The ``SLAP`` inference interface and model folders, on the tiny exported model.
+
+The model folder comes from the session fixture ``slap_model_folder``
+(``tests/conftest.py``): the pretraining recipe's tiny model with seeded
+weights, exported with ``speechbrain_slap.export.export_model``.
+"""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio
+from speechbrain.utils.checkpoints import Checkpointer
+
+from speechbrain_slap.data.audio import AudioLoadError
+from speechbrain_slap.export import (
+    ModelFolderError,
+    export_model,
+    find_best_checkpoint,
+    verify_checksums,
+)
+from speechbrain_slap.inference import SLAP, window_starts
+from speechbrain_slap.lobes.features import pad_waveforms
+from speechbrain_slap.lobes.frame_encoder import time_step_features
+
+RATE = 16000
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(slap_model_folder):
+    return SLAP.from_hparams(source=str(slap_model_folder), run_opts={"device": "cpu"})
+
+
+def _tone(seconds: float, freq: float = 440.0, rate: int = RATE, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * rate)) / rate
+    noise = 0.05 * torch.randn(t.numel(), generator=generator)
+    return 0.3 * torch.sin(2 * math.pi * freq * t) + noise
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+# -- model folders ----------
+def test_model_folder_files_and_card(slap_model_folder):
+    names = sorted(p.name for p in slap_model_folder.iterdir())
+    assert names == sorted(
+        [
+            "README.md",
+            "SHA256SUMS",
+            "hyperparams.yaml",
+            "audio_encoder.ckpt",
+            "audio_pooling.ckpt",
+            "text_encoder.ckpt",
+            "caption_decoder.ckpt",
+            "clap_loss.ckpt",
+            "tokenizer.ckpt",
+            "ssl_head.ckpt",
+            "teacher.ckpt",
+        ]
+    )
+    assert sorted(verify_checksums(slap_model_folder)) == sorted(
+        n for n in names if n.endswith(".ckpt")
+    )
+    card = (slap_model_folder / "README.md").read_text()
+    assert "| t2a_R@1 | 0.125 |" in card and "| a2t_R@1 | 0.25 |" in card
+    assert "embed_dim: 64" in card
+    assert "trust" in card
+
+
+def test_exported_weights_are_the_checkpoint(slap_model_folder, recipe_output):
+    checkpoint = find_best_checkpoint(recipe_output / "save")
+    for name in ("audio_encoder.ckpt", "caption_decoder.ckpt", "teacher.ckpt"):
+        exported = torch.load(slap_model_folder / name, weights_only=True)
+        original = torch.load(checkpoint / name, weights_only=True)
+        assert exported.keys() == original.keys()
+        assert all(torch.equal(exported[k], original[k]) for k in exported)
+
+
+def test_loaded_modules_hold_the_exported_weights(model, slap_model_folder):
+    state = torch.load(slap_model_folder / "audio_encoder.ckpt", weights_only=True)
+    loaded = model.mods.audio_encoder.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert not any(p.requires_grad for p in model.mods.parameters())
+
+
+def test_best_checkpoint_is_chosen_by_mean_r1(recipe_output, tmp_path):
+    output = tmp_path / "output"
+    shutil.copytree(recipe_output, output, symlinks=True)
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(output / "hyperparams.yaml") as fin:
+        hparams = load_hyperpyyaml(fin)
+    # The saved yaml has its paths resolved (as SpeechBrain saves it): save into the copy.
+    checkpointer = Checkpointer(output / "save", hparams["checkpointer"].recoverables)
+    encoder = hparams["audio_encoder"]
+    for score in (0.5, 0.1):  # the better one is not the newest
+        with torch.no_grad():
+            encoder.patch_embed.weight.fill_(score)
+        checkpointer.save_checkpoint(meta={"mean_R@1": score}, name=f"r1_{score}")
+    best = find_best_checkpoint(output / "save")
+    assert best.name == "CKPT+r1_0.5"
+    folder = export_model(output, tmp_path / "model")
+    weights = torch.load(folder / "audio_encoder.ckpt", weights_only=True)
+    assert torch.all(weights["patch_embed.weight"] == 0.5)
+
+
+def test_export_refuses_bad_inputs(recipe_output, tmp_path):
+    with pytest.raises(ModelFolderError, match="no hyperparams.yaml"):
+        export_model(tmp_path, tmp_path / "model")
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "something").write_text("x")
+    with pytest.raises(ModelFolderError, match="not empty"):
+        export_model(recipe_output, occupied)
+
+
+def test_tampered_or_unsummed_folder_is_refused(slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    with open(folder / "clap_loss.ckpt", "ab") as fout:
+        fout.write(b"\0")
+    with pytest.raises(ModelFolderError, match=r"clap_loss.ckpt: SHA-256 mismatch"):
+        SLAP.from_hparams(source=str(folder))
+    (folder / "SHA256SUMS").unlink()
+    with pytest.raises(ModelFolderError, match="no SHA256SUMS"):
+        SLAP.from_hparams(source=str(folder))
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        SLAP.from_hparams(source=str(tmp_path / "nowhere"))
+
+
+# -- audio embeddings ----------
+def test_embeddings_are_unit_norm_and_batch_independent(model):
+    clips = [_tone(1.3, 300, seed=1), _tone(4.0, 500, seed=2), _tone(0.05, 700, seed=3)]
+    wavs, wav_lens = pad_waveforms(clips)
+    batch = model.encode_audio_batch(wavs, wav_lens)
+    assert batch.shape == (3, 64)
+    assert torch.allclose(batch.norm(dim=-1), torch.ones(3), atol=1e-6)
+    for i, clip in enumerate(clips):
+        alone = model.encode_audio_batch(clip)
+        assert torch.allclose(alone[0], batch[i], atol=1e-5), i
+    # Extra padding, another order, run after run: the same embeddings.
+    padded = torch.nn.functional.pad(wavs, (0, 4000))
+    lens = wav_lens * wavs.shape[1] / padded.shape[1]
+    again = model.encode_audio_batch(padded.flip(0), lens.flip(0))
+    assert torch.allclose(again.flip(0), batch, atol=1e-5)
+    assert torch.equal(model.encode_audio_batch(wavs, wav_lens), batch)
+
+
+def test_embedding_matches_the_modules_called_directly(model):
+    clip = _tone(2.0)
+    wavs, wav_lens = pad_waveforms([clip])
+    mods = model.mods
+    with torch.no_grad():
+        tokens = mods.audio_encoder(mods.compute_features(wavs), wav_lens)
+        expected = _unit(mods.audio_pooling(tokens, wav_lens))
+    assert torch.allclose(model.encode_audio_batch(clip), expected, atol=1e-6)
+
+
+def test_batch_chunking_does_not_change_embeddings(model):
+    clips = [_tone(d, 200 + 100 * i, seed=i) for i, d in enumerate((3.0, 2.0, 5.0, 1.0))]
+    whole = model.encode_waveforms(clips)
+    budget, model.batch_seconds = model.batch_seconds, 3.0  # one or two clips a forward
+    try:
+        chunked = model.encode_waveforms(clips)
+    finally:
+        model.batch_seconds = budget
+    assert torch.allclose(whole, chunked, atol=1e-5)
+
+
+def test_files_any_format_rate_and_channels(model, tmp_path):
+    stereo = torch.stack([_tone(2.0, 300, 44100, seed=4), _tone(2.0, 600, 44100, seed=5)], 1)
+    soundfile.write(tmp_path / "stereo.wav", stereo.numpy(), 44100, subtype="PCM_16")
+    read, _ = soundfile.read(tmp_path / "stereo.wav", dtype="float32")
+    expected = torchaudio.functional.resample(torch.from_numpy(read).mean(1), 44100, RATE)
+    assert torch.allclose(
+        model.encode_file(tmp_path / "stereo.wav"), model.encode_waveforms([expected])[0], atol=1e-6
+    )
+    mono = _tone(2.0, 440, seed=6)
+    soundfile.write(tmp_path / "clip.flac", mono.numpy(), RATE)
+    soundfile.write(tmp_path / "clip.mp3", mono.numpy(), RATE, format="MP3")
+    flac = model.encode_file(tmp_path / "clip.flac")
+    mp3 = model.encode_file(tmp_path / "clip.mp3")
+    assert flac.shape == mp3.shape == (64,)
+    assert torch.isfinite(mp3).all()
+    assert float(flac @ mp3) > 0.9  # lossy, but the same sound
+    assert model.load_audio(tmp_path / "clip.mp3").numel() == pytest.approx(2 * RATE, rel=0.05)
+
+
+def test_bad_audio_raises_one_documented_error(model, tmp_path):
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    with pytest.raises(AudioLoadError, match="notes.wav: cannot decode audio"):
+        model.encode_file(text)
+    with pytest.raises(AudioLoadError, match="missing.wav: file not found"):
+        model.encode_file(tmp_path / "missing.wav")
+    bad = _tone(1.0)
+    bad[100] = float("nan")
+    with pytest.raises(AudioLoadError, match="waveform 0: 1 of 16000 samples are NaN"):
+        model.encode_audio_batch(bad)
+    with pytest.raises(ValueError, match="relative lengths"):
+        model.encode_audio_batch(torch.zeros(2, 1600), torch.tensor([1.0, 0.0]))
+
+
+# -- long audio ----------
+def test_window_rule():
+    assert window_starts(75, 30, 30) == [0, 30, 45]
+    assert window_starts(60, 30, 30) == [0, 30]
+    assert window_starts(61, 30, 15) == [0, 15, 30, 31]
+    assert window_starts(30, 30, 30) == [0]
+    with pytest.raises(ValueError, match="window hop"):
+        window_starts(75, 30, 31)
+
+
+def test_long_audio_is_the_mean_of_its_windows(model):
+    clip = torch.cat([_tone(25.0, 300, seed=7), _tone(25.0, 800, seed=8), _tone(25.0, 150, seed=9)])
+    window = 30 * RATE
+    parts = [clip[s : s + window] for s in (0, 30 * RATE, 45 * RATE)]
+    expected = _unit(model.encode_waveforms(parts).sum(0))
+    long = model.encode_waveforms([clip])[0]
+    assert torch.allclose(long, expected, atol=1e-5)
+    # Nothing is dropped: changing only the last second changes the embedding.
+    changed = clip.clone()
+    changed[-RATE:] = _tone(1.0, 2000, seed=10)
+    assert not torch.allclose(model.encode_waveforms([changed])[0], long, atol=1e-4)
+    # Alone or next to a short clip, the same.
+    batch = model.encode_waveforms([_tone(1.0), clip])
+    assert torch.allclose(batch[1], long, atol=1e-5)
+
+
+def test_window_hop_is_configurable(slap_model_folder):
+    overlapping = SLAP.from_hparams(source=str(slap_model_folder), overrides={"window_hop": 20.0})
+    clip = torch.cat([_tone(40.0, 300, seed=11), _tone(10.0, 900, seed=12)])
+    parts = [clip[s * RATE : (s + 30) * RATE] for s in (0, 20)]
+    expected = _unit(overlapping.encode_waveforms(parts).sum(0))
+    assert torch.allclose(overlapping.encode_waveforms([clip])[0], expected, atol=1e-5)
+
+
+# -- text, classification, retrieval ----------
+def test_text_embeddings(model):
+    texts = ["a dog barks", "rain falls on a roof"]
+    emb = model.encode_text(texts)
+    with torch.no_grad():
+        expected = _unit(model.mods.text_encoder(texts))
+    assert emb.shape == (2, 64)
+    assert torch.allclose(emb, expected, atol=1e-6)
+    assert torch.allclose(model.encode_text("a dog barks")[0], emb[0], atol=1e-6)
+    with pytest.raises(ValueError, match="text 1 must be a non-empty string"):
+        model.encode_text(["fine", "   "])
+
+
+def test_classify_batch_and_prompt_ensemble(model, tmp_path):
+    labels = ["dog_bark", "rain", "siren"]
+    clips = [_tone(1.0, 300, seed=13), _tone(2.0, 900, seed=14)]
+    wavs, wav_lens = pad_waveforms(clips)
+    scores, best, index, names = model.classify_batch(wavs, wav_lens, labels=labels)
+    audio = model.encode_audio_batch(wavs, wav_lens)
+    classes = model.encode_text([f"This is a sound of {c.replace('_', ' ')}." for c in labels])
+    scale = float(model.mods.clap_loss.scale)
+    expected = torch.log_softmax(scale * audio @ classes.T, dim=-1)
+    assert torch.allclose(scores, expected, atol=1e-5)
+    assert torch.equal(index, expected.argmax(-1))
+    assert torch.allclose(best, expected.max(-1).values)
+    assert names == [labels[i] for i in index.tolist()]
+
+    templates = ["This is a sound of {label}.", "{label} can be heard"]
+    ensemble = model.label_embeddings(labels, templates)
+    per_template = [model.encode_text([t.format(label=c.replace("_", " ")) for c in labels])
+                    for t in templates]  # fmt: skip
+    assert torch.allclose(ensemble, _unit(per_template[0] + per_template[1]), atol=1e-6)
+
+    soundfile.write(tmp_path / "a.wav", clips[1].numpy(), RATE, subtype="FLOAT")
+    file_scores, *_, file_names = model.classify_file(tmp_path / "a.wav", labels, templates)
+    batch_scores, *_ = model.classify_batch(clips[1], labels=labels, templates=templates)
+    assert torch.allclose(file_scores, batch_scores, atol=1e-5)
+    with pytest.raises(ValueError, match="no {label} field"):
+        model.label_embeddings(labels, "a sound")
+
+
+def test_retrieve_both_directions(model):
+    clips = [_tone(1.0 + i, 200 * (i + 1), seed=20 + i) for i in range(4)]
+    gallery = model.encode_waveforms(clips)
+    texts = ["a low hum", "a high whistle"]
+    scores, indices = model.retrieve(texts, gallery, k=3)
+    similarity = model.encode_text(texts) @ gallery.T
+    assert indices.shape == (2, 3)
+    assert torch.equal(indices[:, 0], similarity.argmax(-1))
+    assert torch.allclose(scores, similarity.sort(-1, descending=True).values[:, :3], atol=1e-6)
+    a2t_scores, a2t_indices = model.retrieve(gallery, texts, k=5)  # k capped at the gallery
+    assert a2t_indices.shape == (4, 2)
+    assert torch.equal(a2t_indices[:, 0], similarity.T.argmax(-1))
+
+
+# -- captions and frames ----------
+def test_captions(model, tmp_path):
+    clips = [_tone(1.5, 300, seed=30), _tone(3.0, 700, seed=31)]
+    wavs, wav_lens = pad_waveforms(clips)
+    captions = model.caption_batch(wavs, wav_lens, beam_size=2, max_length=8)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    assert model.caption_batch(clips[1], beam_size=2, max_length=8) == captions[1:]
+    soundfile.write(tmp_path / "c.wav", clips[0].numpy(), RATE, subtype="FLOAT")
+    assert model.caption_file(tmp_path / "c.wav", beam_size=2, max_length=8) == captions[0]
+    # beam_size=1 is the decoder's greedy search.
+    with torch.no_grad():
+        tokens = model.mods.audio_encoder(model.mods.compute_features(wavs), wav_lens)
+        mask = tokens.abs().sum(-1) > 0
+        greedy = model.mods.caption_decoder.greedy_decode(tokens, mask, max_length=8)
+    from speechbrain_slap.lobes.caption_decoder import decode_ids
+
+    expected = [decode_ids(model.hparams.tokenizer, ids) for ids in greedy]
+    assert model.caption_batch(wavs, wav_lens, beam_size=1, max_length=8) == expected
+
+
+def test_frame_embeddings_and_timestamps(model):
+    clips = [_tone(2.0, 400, seed=40), _tone(0.9, 600, seed=41)]
+    wavs, wav_lens = pad_waveforms(clips)
+    frames, times, frame_lens = model.frame_embeddings(wavs, wav_lens)
+    # 2.0 s -> 201 frames -> 12 time steps; 0.9 s -> 91 frames -> 5.
+    assert frames.shape == (2, 12, 64)
+    assert torch.allclose(frame_lens, torch.tensor([1.0, 5 / 12]))
+    assert torch.allclose(times[0], 0.16 * torch.arange(12))
+    assert bool(frames[1, 5:].eq(0).all())
+    with torch.no_grad():
+        packed = model.mods.audio_encoder.patchify(model.mods.compute_features(wavs), wav_lens)
+        expected, _ = time_step_features(model.mods.audio_encoder(packed), packed)
+    assert torch.allclose(frames, expected, atol=1e-6)
+
+
+def test_frame_embeddings_of_long_audio_cover_it_once(model):
+    clip = _tone(75.0, 300, seed=42)
+    frames, times, _ = model.frame_embeddings(clip)
+    steps = times[0]
+    assert bool((steps[1:] > steps[:-1]).all())
+    assert float(steps[-1]) == pytest.approx(75.0 - 0.16, abs=0.17)
+    assert frames.shape[1] == steps.numel() >= 75 / 0.16 - 2
+    # The first 30 s are the first window's steps.
+    first, _, _ = model.frame_embeddings(clip[: 30 * RATE])
+    assert torch.allclose(frames[0, : first.shape[1]], first[0], atol=1e-5)
+
+
+def test_numpy_inputs_are_accepted(model):
+    clip = _tone(1.0)
+    assert torch.allclose(
+        model.encode_waveforms([clip.numpy().astype(np.float64)]),
+        model.encode_waveforms([clip]),
+        atol=1e-6,
+    )
