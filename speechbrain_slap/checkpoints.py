@@ -1,0 +1,181 @@
+"""Checkpoints that survive ``kill -9``, and the random state that makes resume exact.
+
+SpeechBrain's ``Checkpointer`` writes ``CKPT.yaml`` first and the parameter
+files after it, straight into ``CKPT+<stamp>``: a run killed while saving leaves
+a folder that looks complete and is loaded on the next start, with missing or
+truncated files. ``AtomicCheckpointer`` writes every file into a hidden
+``.partial-CKPT+<stamp>`` folder, flushes them to disk, and renames the folder
+into place only once all ranks have written their files. A rename is atomic on
+one filesystem, so a checkpoint folder is either complete or absent. Old
+checkpoints are removed only after the new one is in place (SpeechBrain's
+``save_and_keep_only`` order); leftover partial folders are removed at the
+next start.
+
+``RandomState`` is a recoverable holding the torch, Python and NumPy random
+generators. With it in the checkpoint, a run resumed from an intra-epoch
+checkpoint draws the same crops, captions, masks and augmentations as the run
+that was never interrupted, so (on CPU, fixed seed) it reaches the same
+parameters.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from speechbrain.utils.checkpoints import (
+    Checkpoint,
+    Checkpointer,
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_PREFIX = ".partial-"
+STALE_PREFIX = ".stale-"
+
+
+def _fsync_tree(folder: Path):
+    """Flushes every file of ``folder`` and the folder entry itself to disk."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as fin:
+                os.fsync(fin.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointer(Checkpointer):
+    """A ``Checkpointer`` whose checkpoints appear complete or not at all.
+
+    Same arguments as ``speechbrain.utils.checkpoints.Checkpointer``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> model = torch.nn.Linear(2, 2)
+    >>> checkpointer = AtomicCheckpointer(folder, {"model": model})
+    >>> _ = checkpointer.save_checkpoint(meta={"loss": 1.0})
+    >>> [p.name.startswith("CKPT+") for p in folder.iterdir()]
+    [True]
+    >>> sorted(p.name for p in next(folder.iterdir()).iterdir())
+    ['CKPT.yaml', 'model.ckpt']
+    """
+
+    _partial = False
+
+    def _new_checkpoint_dirpath(self):
+        path = super()._new_checkpoint_dirpath()
+        return path.with_name(PARTIAL_PREFIX + path.name) if self._partial else path
+
+    def _custom_checkpoint_dirpath(self, name):
+        path = super()._custom_checkpoint_dirpath(name)
+        return path.with_name(PARTIAL_PREFIX + path.name) if self._partial else path
+
+    def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
+        """Saves into a partial folder, then renames it into place (see the module doc).
+
+        Arguments and return value as ``Checkpointer.save_checkpoint``.
+        """
+        self._partial = True
+        try:
+            saved = super().save_checkpoint(
+                meta=meta or {}, end_of_epoch=end_of_epoch, name=name, verbosity=logging.DEBUG
+            )
+        finally:
+            self._partial = False
+        partial = ddp_broadcast(saved.path if saved is not None else None, src=0)
+        ddp_barrier()  # every rank has written its files into the partial folder
+        final = partial.with_name(partial.name[len(PARTIAL_PREFIX) :])
+        if if_main_process():
+            _fsync_tree(partial)
+            stale = None
+            if final.exists():  # a custom name saved again: swap, then drop the old one
+                stale = final.with_name(STALE_PREFIX + final.name)
+                os.replace(final, stale)
+            os.replace(partial, final)
+            if stale is not None:
+                shutil.rmtree(stale)
+            kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
+            logger.log(verbosity, "Saved an %s checkpoint in %s", kind, final)
+        ddp_barrier()
+        if saved is None:
+            return None
+        return Checkpoint(
+            final, saved.meta, {k: final / p.name for k, p in saved.paramfiles.items()}
+        )
+
+    def remove_partial_checkpoints(self) -> list[Path]:
+        """Deletes folders left by a save that was interrupted; returns them (main rank)."""
+        removed = []
+        if if_main_process() and self.checkpoints_dir.is_dir():
+            for path in sorted(self.checkpoints_dir.iterdir()):
+                if path.is_dir() and path.name.startswith((PARTIAL_PREFIX, STALE_PREFIX)):
+                    logger.warning("removing an incomplete checkpoint: %s", path)
+                    shutil.rmtree(path)
+                    removed.append(path)
+        ddp_barrier()
+        return removed
+
+    def recover_if_possible(self, *args, **kwargs):
+        """Removes partial folders, then loads the chosen complete checkpoint."""
+        self.remove_partial_checkpoints()
+        return super().recover_if_possible(*args, **kwargs)
+
+
+@register_checkpoint_hooks
+class RandomState:
+    """The torch (CPU and CUDA), Python and NumPy random generators, as a recoverable.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "rng.ckpt"
+    >>> state = RandomState()
+    >>> state.save(path)
+    >>> first = (torch.rand(1).item(), random.random(), np.random.rand())
+    >>> state.load(path)
+    >>> (torch.rand(1).item(), random.random(), np.random.rand()) == first
+    True
+    """
+
+    @mark_as_saver
+    def save(self, path):
+        """Writes the generators' states (tensors and plain Python values only)."""
+        version, state, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        torch.save(
+            {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": [version, list(state), gauss],
+                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            },
+            path,
+        )
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Restores the generators (``weights_only`` loading)."""
+        del end_of_epoch
+        state = torch.load(path, weights_only=True)
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        version, values, gauss = state["python"]
+        random.setstate((version, tuple(values), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
