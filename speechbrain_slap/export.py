@@ -180,6 +180,95 @@ def verify_checksums(folder: str | Path) -> list[str]:
     return verified
 
 
+# What a model folder's hyperparams.yaml may build or call without --trust-remote-code:
+# this package, the SpeechBrain and torch building blocks it is made of, the
+# tokenizer. Each entry is a dotted prefix of a ``!new:``/``!name:``/``!apply:`` target.
+ALLOWED_YAML_TARGETS = (
+    "speechbrain_slap.lobes.",
+    "speechbrain_slap.losses.",
+    "speechbrain_slap.ema.",
+    "speechbrain.utils.parameter_transfer.Pretrainer",
+    "speechbrain.dataio.encoder.CategoricalEncoder",
+    "speechbrain.nnet.",
+    "speechbrain.lobes.features.",
+    "torch.nn.",
+    "sentencepiece.SentencePieceProcessor",
+)
+_SAFE_TAGS = ("!ref", "!copy", "!tuple", "!PLACEHOLDER")
+
+
+def untrusted_yaml_targets(
+    yaml_file: str | Path, allowed: tuple[str, ...] = ALLOWED_YAML_TARGETS
+) -> list[str]:
+    """The tags of a HyperPyYAML file that build or call something outside ``allowed``.
+
+    HyperPyYAML is executable configuration: ``!new:``, ``!name:``, ``!apply:``
+    and ``!module:`` tags import and run arbitrary Python, and ``!include:``
+    reads other files. This lists every such tag whose target is not inside
+    the allow-list (nothing is imported or run to find them).
+
+    Arguments
+    ---------
+    yaml_file : str or Path
+        The yaml to inspect.
+    allowed : tuple of str
+        Allowed dotted prefixes.
+
+    Returns
+    -------
+    list of str
+        Offending tags, e.g. ``["!apply:os.system"]``, in file order.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "hyperparams.yaml"
+    >>> _ = path.write_text("a: !new:torch.nn.Linear [2, 2]\\nb: !apply:os.system [ls]\\n")
+    >>> untrusted_yaml_targets(path)
+    ['!apply:os.system']
+    """
+    with open(yaml_file) as fin:
+        tree = YAML().load(fin)
+    found = []
+
+    def visit(node):
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if tag and tag.startswith("!") and not tag.startswith(_SAFE_TAGS):
+            kind, _, target = tag.partition(":")
+            if kind not in ("!new", "!name", "!apply") or not target.startswith(allowed):
+                found.append(tag)
+        if isinstance(node, dict):
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(tree)
+    return found
+
+
+def check_yaml_targets(yaml_file: str | Path, trust_remote_code: bool = False) -> None:
+    """Raises ``ModelFolderError`` if the yaml builds anything outside the allow-list.
+
+    Arguments
+    ---------
+    yaml_file : str or Path
+        A model folder's ``hyperparams.yaml``.
+    trust_remote_code : bool
+        Skip the check (the user vouches for the folder).
+    """
+    if trust_remote_code:
+        return
+    offending = untrusted_yaml_targets(yaml_file)
+    if offending:
+        raise ModelFolderError(
+            f"{yaml_file}: builds or calls code outside the allow-list: {offending}. "
+            "hyperparams.yaml is executable configuration; if you trust where this folder "
+            "comes from, load it with trust_remote_code=True (slap: --trust-remote-code)"
+        )
+
+
 def find_best_checkpoint(save_folder: str | Path, max_key: str = "mean_R@1") -> Path:
     """The checkpoint folder with the highest ``max_key`` in its meta (else the newest).
 

@@ -36,7 +36,7 @@ import torch
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_slap.data.audio import check_waveform, load_audio
-from speechbrain_slap.export import verify_checksums
+from speechbrain_slap.export import check_yaml_targets, verify_checksums
 from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
@@ -112,8 +112,20 @@ class SLAP(Pretrained):
         self.frame_seconds /= self.sample_rate
 
     @classmethod
-    def from_hparams(cls, source, hparams_file="hyperparams.yaml", verify=True, **kwargs):
-        """Loads a model folder; ``verify`` checks its ``SHA256SUMS`` first.
+    def from_hparams(
+        cls,
+        source,
+        hparams_file="hyperparams.yaml",
+        verify=True,
+        trust_remote_code=False,
+        **kwargs,
+    ):
+        """Loads a model folder, after checking its weights and its yaml.
+
+        ``hyperparams.yaml`` is executable configuration: unless
+        ``trust_remote_code``, a yaml that builds or calls anything outside
+        ``speechbrain_slap.export.ALLOWED_YAML_TARGETS`` is refused before it is
+        loaded.
 
         Arguments
         ---------
@@ -124,6 +136,8 @@ class SLAP(Pretrained):
         verify : bool
             Check the weight files against ``SHA256SUMS`` (a local folder must
             have one) before anything is loaded.
+        trust_remote_code : bool
+            Load a yaml that uses code outside the allow-list.
         **kwargs
             ``savedir``, ``run_opts``, ``batch_seconds``... as for ``Pretrained``.
 
@@ -132,11 +146,13 @@ class SLAP(Pretrained):
         SLAP
         """
         folder = Path(source)
+        if not (folder / hparams_file).is_file():
+            raise FileNotFoundError(
+                f"{source}: not a model folder (no {hparams_file}; SLAP models load from "
+                "local folders)"
+            )
+        check_yaml_targets(folder / hparams_file, trust_remote_code)
         if verify:
-            if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"{source}: not a model folder (SLAP models load from local folders)"
-                )
             verify_checksums(folder)
         return super().from_hparams(source=str(source), hparams_file=hparams_file, **kwargs)
 

@@ -6,6 +6,7 @@ weights, exported with ``speechbrain_slap.export.export_model``.
 """
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -358,3 +359,14 @@ def test_numpy_inputs_are_accepted(model):
         model.encode_waveforms([clip]),
         atol=1e-6,
     )
+
+
+def test_yaml_outside_the_allow_list_needs_trust(slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    with open(folder / "hyperparams.yaml", "a") as fout:
+        fout.write("\nworking_directory: !apply:os.getcwd []\n")
+    with pytest.raises(ModelFolderError, match=r"outside the allow-list: \['!apply:os.getcwd'\]"):
+        SLAP.from_hparams(source=str(folder))
+    trusted = SLAP.from_hparams(source=str(folder), trust_remote_code=True)
+    assert trusted.hparams.working_directory == os.getcwd()
