@@ -32,8 +32,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenates ``x`` from every rank along dim 0, keeping gradients.
 
     The contract (open_clip's): the result is the global batch in rank order
-    and its gradient flows back to each rank's own shard. Without a process
-    group (or with one rank) ``x`` is returned as is.
+    and its gradient flows back to each rank's own shard. Ranks may hold
+    different numbers of rows (batches built by a duration budget): the counts
+    are exchanged first, every shard is padded to the largest for the
+    collective, and the padding is cut off again. Without a process group (or
+    with one rank) ``x`` is returned as is.
 
     Example
     -------
@@ -44,7 +47,13 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     import torch.distributed.nn.functional as dist_nn
 
-    return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
+    count = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padding = [0, 0] * (x.dim() - 1) + [0, max(counts) - x.shape[0]]
+    shards = dist_nn.all_gather(torch.nn.functional.pad(x, padding).contiguous())
+    return torch.cat([shard[:n] for shard, n in zip(shards, counts, strict=True)], dim=0)
 
 
 class ClapLoss(nn.Module):

@@ -52,7 +52,7 @@ class TinyClap(nn.Module):
         return self.clap(self.audio_proj(audio_feats), self.text_proj(text_feats))
 
 
-def _worker(rank, world_size, port, out_dir):
+def _worker(rank, world_size, port, out_dir, bounds):
     """One rank: ClapLoss on its shard of embeddings, then a DDP-wrapped projection model."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -62,7 +62,7 @@ def _worker(rank, world_size, port, out_dir):
     )
     try:
         audio, text, audio_feats, text_feats = global_batch()
-        shard = slice(rank * GLOBAL_BATCH // world_size, (rank + 1) * GLOBAL_BATCH // world_size)
+        shard = slice(bounds[rank], bounds[rank + 1])
 
         # (1) Leaf embeddings: loss value and per-shard gradients.
         loss_fn = ClapLoss()
@@ -98,12 +98,15 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _spawn(out_dir, timeout_s=90.0):
+def _spawn(out_dir, bounds, timeout_s=90.0):
     """Runs the workers; kills them (only them) if they do not finish in time."""
     import torch.multiprocessing as mp
 
     context = mp.spawn(
-        _worker, args=(WORLD_SIZE, _free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False
+        _worker,
+        args=(WORLD_SIZE, _free_port(), str(out_dir), bounds),
+        nprocs=WORLD_SIZE,
+        join=False,
     )
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=1.0):
@@ -119,9 +122,11 @@ def _spawn(out_dir, timeout_s=90.0):
     not (dist.is_available() and dist.is_gloo_available()),
     reason="torch.distributed with the gloo backend is unavailable",
 )
-def test_ddp_clap_matches_single_process(tmp_path):
+# Equal shards, and the unequal ones a duration budget gives (2 clips on rank 0, 4 on rank 1).
+@pytest.mark.parametrize("bounds", [(0, 3, 6), (0, 2, 6)], ids=["equal", "unequal"])
+def test_ddp_clap_matches_single_process(tmp_path, bounds):
     """Loss = global single-process loss; shard grad = world_size x single; DDP grads = single."""
-    _spawn(tmp_path)
+    _spawn(tmp_path, bounds)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
     audio, text, audio_feats, text_feats = global_batch()
@@ -135,9 +140,8 @@ def test_ddp_clap_matches_single_process(tmp_path):
     single_ddp = model(audio_feats, text_feats)
     single_ddp.backward()
 
-    per_rank = GLOBAL_BATCH // WORLD_SIZE
     for rank, res in enumerate(results):
-        rows = slice(rank * per_rank, (rank + 1) * per_rank)
+        rows = slice(bounds[rank], bounds[rank + 1])
         # (a) every rank's loss is the global-batch loss
         assert abs(res["loss"] - single.item()) <= 1e-6
         # (b) its own shard receives world_size x the single-process gradient of those rows
