@@ -1,0 +1,684 @@
+"""WebDataset tar shards from a SpeechBrain manifest (``slap shards``).
+
+Training at scale reads audio sequentially from large tar files instead of
+opening one file per clip. ``write_shards`` turns a pretraining manifest (CSV
+with ``ID, duration, wav, captions``; ``$data_root`` in any field is replaced
+as ``DynamicItemDataset.from_csv`` does) into::
+
+    <out_dir>/shard-000000.tar          {key}.json then {key}.flac, per clip
+    <out_dir>/shard-000001.tar
+    ...
+    <out_dir>/shards.json               the index: config, shards, skipped rows
+
+Each sample is a pair of members sharing a ``key`` (the row's position in the
+manifest, 9 digits: unique and free of dots, which WebDataset reserves for
+extensions):
+
+* ``{key}.json``: ``{"captions": [...], "duration": seconds, "source_id": ID,
+  ...}`` plus every other manifest column (``wav`` keeps the source path);
+  ``duration`` is that of the audio actually stored. The JSON comes first, so
+  a reader can batch by duration before decoding any audio.
+* ``{key}.flac``: 16-bit FLAC, mono, **resampled to 16 kHz** (the model's
+  input rate; ``sample_rate`` changes it). Decoding and resampling the source
+  once here saves doing it every epoch, and a 16-bit 16 kHz source (as the
+  embedded corpus) is stored bit-exactly.
+
+Rows are shuffled with a seeded permutation before they are cut into shards
+(``shuffle_seed``; ``None`` keeps the manifest order), so every shard mixes the
+manifest's sources and a reader's shuffle buffer only has to mix nearby clips.
+A shard closes before it would exceed ``max_shard_samples`` clips or
+``max_shard_size`` bytes of uncompressed 16-bit audio (FLAC shards come out
+smaller). The plan depends only on the manifest and these settings, so a second
+run writes the same shards.
+
+Resuming. Shards are written in parallel (one process per shard), each to
+``shard-XXXXXX.tar.tmp`` then renamed: a ``.tar`` is always complete. A rerun
+keeps every complete shard (it is read, not rewritten) and rewrites the
+missing ones, replacing leftover ``.tmp`` files. ``shards.json`` is written at
+the start with ``"complete": false`` and the settings, and again at the end;
+a rerun with other settings (or another manifest) raises instead of mixing
+two plans in one folder.
+
+Rows whose audio cannot be read, is empty, or that have no caption are skipped;
+each is named in the log and in the index (``skipped``, with the reason).
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import tarfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from tqdm import tqdm
+
+from speechbrain_slap.data import split_captions
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "shards.json"
+SHARD_PATTERN = "shard-{:06d}.tar"
+INDEX_VERSION = 1
+REQUIRED_COLUMNS = ("ID", "duration", "wav", "captions")
+# A tar member costs a 512-byte header and is padded to 512 bytes; with the
+# JSON, a sample costs about this much on top of its audio.
+SAMPLE_OVERHEAD_BYTES = 3 * 512
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes from a size such as ``"500MB"``, ``"1GB"``, ``"1.5GiB"`` or ``4096``.
+
+    ``kB/MB/GB/TB`` are powers of 1000, ``KiB/MiB/GiB/TiB`` powers of 1024.
+
+    Arguments
+    ---------
+    size : str or int
+        The size; a bare number is a count of bytes.
+
+    Returns
+    -------
+    int
+        The size in bytes (positive).
+
+    Example
+    -------
+    >>> parse_size("500MB"), parse_size("1 GiB"), parse_size(4096)
+    (500000000, 1073741824, 4096)
+    """
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(size))
+        unit = match[2].upper() if match else None
+        if unit not in _SIZE_UNITS:
+            raise ValueError(
+                f"size {size!r} is not understood: expected a number and an optional unit "
+                "(B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 500MB or 1GB"
+            )
+        value = int(float(match[1]) * _SIZE_UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def read_manifest(manifest_csv: str | os.PathLike, data_root: str | None = None) -> list[dict]:
+    """Rows of a pretraining manifest, in file order, with ``$data_root`` replaced.
+
+    Arguments
+    ---------
+    manifest_csv : str or path
+        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
+    data_root : str, optional
+        Replaces ``$data_root`` in every field.
+
+    Returns
+    -------
+    list of dict
+        One dict per row (all columns as strings, ``ID`` included, ``duration``
+        a float).
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "m.csv"
+    >>> _ = path.write_text("ID,duration,wav,captions\\na,1.5,$data_root/a.wav,A dog.\\n")
+    >>> read_manifest(path, data_root="/audio")[0]["wav"]
+    '/audio/a.wav'
+    """
+    manifest_csv = Path(manifest_csv)
+    if not manifest_csv.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest_csv}")
+    with open(manifest_csv, newline="", encoding="utf-8") as fin:
+        header = next(iter(fin), "").strip().split(",")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(
+            f"{manifest_csv}: missing column(s) {', '.join(missing)}; a pretraining manifest "
+            f"has {', '.join(REQUIRED_COLUMNS)} (found {', '.join(header)})"
+        )
+    # Imported here: the writer processes import this module and need no speechbrain/torch.
+    from speechbrain.dataio.dataio import load_data_csv
+
+    replacements = {} if data_root is None else {"data_root": str(data_root)}
+    try:
+        data = load_data_csv(str(manifest_csv), replacements=replacements)
+    except KeyError as err:
+        raise ValueError(
+            f"{manifest_csv}: {err.args[0]} (the manifest uses $data_root: pass data_root, "
+            "--data-root on the command line)"
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"{manifest_csv}: {err}") from None
+    return [{"ID": key, **row} for key, row in data.items()]
+
+
+def plan_shards(
+    durations: Sequence[float],
+    max_shard_size: int,
+    max_shard_samples: int,
+    sample_rate: int = 16000,
+    shuffle_seed: int | None = 0,
+) -> list[list[int]]:
+    """Cuts rows into shards; returns each shard's row indices.
+
+    A shard closes before adding a row would exceed ``max_shard_samples`` rows
+    or ``max_shard_size`` bytes, counting 16-bit PCM audio at ``sample_rate``
+    plus ``SAMPLE_OVERHEAD_BYTES`` per row (a row larger than the limit gets a
+    shard of its own).
+
+    Arguments
+    ---------
+    durations : sequence of float
+        Manifest duration of each row, in seconds.
+    max_shard_size : int
+        Byte budget of one shard.
+    max_shard_samples : int
+        Most rows in one shard.
+    sample_rate : int
+        Sample rate of the stored audio.
+    shuffle_seed : int, optional
+        Seed of the row permutation; ``None`` keeps the manifest order.
+
+    Returns
+    -------
+    list of list of int
+
+    Example
+    -------
+    >>> plan_shards([1.0, 1.0, 1.0], max_shard_size=10**9, max_shard_samples=2,
+    ...             shuffle_seed=None)
+    [[0, 1], [2]]
+    """
+    if max_shard_samples < 1:
+        raise ValueError(f"max_shard_samples must be >= 1, got {max_shard_samples}")
+    order = np.arange(len(durations))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(durations))
+    shards, current, size = [], [], 0
+    for index in order.tolist():
+        cost = int(max(float(durations[index]), 0.0) * sample_rate) * 2 + SAMPLE_OVERHEAD_BYTES
+        if current and (len(current) >= max_shard_samples or size + cost > max_shard_size):
+            shards.append(current)
+            current, size = [], 0
+        current.append(index)
+        size += cost
+    if current:
+        shards.append(current)
+    return shards
+
+
+# --------------------------------------------------------------------------- one shard
+
+
+def sample_key(row_index: int) -> str:
+    """The tar key of manifest row ``row_index`` (9 digits, no dot).
+
+    Example
+    -------
+    >>> sample_key(42)
+    '000000042'
+    """
+    return f"{row_index:09d}"
+
+
+def load_audio(path: str, sample_rate: int) -> np.ndarray:
+    """Float32 mono audio at ``sample_rate`` (any soundfile format and rate).
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "a.wav"
+    >>> soundfile.write(path, np.zeros((800, 2), dtype="float32"), 8000)
+    >>> load_audio(str(path), 16000).shape
+    (1600,)
+    """
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != sample_rate:
+        import torch
+        import torchaudio
+
+        audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, sample_rate).numpy()
+    return audio
+
+
+def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] to int16, the inverse of soundfile's ``int / 32768``.
+
+    Example
+    -------
+    >>> quantize_pcm16(np.array([0.5, -1.0, 2.0], dtype=np.float32))
+    array([ 16384, -32768,  32767], dtype=int16)
+    """
+    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o444
+    info.mtime = 0  # identical input gives byte-identical shards
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float]:
+    """(json bytes, flac bytes, seconds) of one row; raises ValueError if unusable."""
+    captions = split_captions(row["captions"])
+    if not captions:
+        raise ValueError("no caption")
+    audio = load_audio(row["wav"], sample_rate)
+    if audio.size == 0:
+        raise ValueError("empty audio")
+    flac = io.BytesIO()
+    soundfile.write(flac, quantize_pcm16(audio), sample_rate, format="FLAC", subtype="PCM_16")
+    seconds = audio.size / sample_rate
+    extra = {k: v for k, v in row.items() if k not in ("ID", "duration", "captions")}
+    meta = {"captions": captions, "duration": seconds, "source_id": row["ID"], **extra}
+    return json.dumps(meta, ensure_ascii=False).encode("utf-8"), flac.getvalue(), seconds
+
+
+def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sample_rate: int):
+    """Writes one shard (via ``<path>.tmp``, renamed when complete).
+
+    Arguments
+    ---------
+    path : str or path
+        The ``.tar`` to write.
+    rows : sequence of (int, dict)
+        ``(row index, manifest row)`` of every clip of the shard.
+    sample_rate : int
+        Sample rate of the stored audio.
+
+    Returns
+    -------
+    dict
+        ``{"name", "samples", "seconds", "bytes", "skipped": [{"id", "wav",
+        "reason"}]}``.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> soundfile.write(folder / "a.wav", np.zeros(1600, dtype="int16"), 16000)
+    >>> row = {"ID": "a", "duration": 0.1, "wav": str(folder / "a.wav"), "captions": "Silence."}
+    >>> stats = write_shard(folder / "shard-000000.tar", [(0, row)], 16000)
+    >>> stats["samples"], stats["seconds"], stats["skipped"]
+    (1, 0.1, [])
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    samples, seconds, skipped = 0, 0.0, []
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for index, row in rows:
+            key = sample_key(index)
+            try:
+                meta, flac, duration = _sample_members(row, sample_rate)
+            except Exception as err:  # any unreadable row is skipped, not fatal
+                reason = f"{type(err).__name__}: {err}"
+                skipped.append({"id": row["ID"], "wav": row["wav"], "reason": reason})
+                continue
+            _add_member(tar, f"{key}.json", meta)
+            _add_member(tar, f"{key}.flac", flac)
+            samples += 1
+            seconds += duration
+    os.replace(tmp, path)
+    return {
+        "name": path.name,
+        "samples": samples,
+        "seconds": round(seconds, 3),
+        "bytes": path.stat().st_size,
+        "skipped": skipped,
+    }
+
+
+def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dict:
+    """The statistics of an existing complete shard, as ``write_shard`` returns them.
+
+    Only the JSON members are read (audio members are skipped by seeking).
+    Planned rows absent from the shard were skipped when it was written.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> soundfile.write(folder / "a.wav", np.zeros(1600, dtype="int16"), 16000)
+    >>> row = {"ID": "a", "duration": 0.1, "wav": str(folder / "a.wav"), "captions": "Silence."}
+    >>> _ = write_shard(folder / "s.tar", [(0, row)], 16000)
+    >>> scan_shard(folder / "s.tar", [(0, row)])["seconds"]
+    0.1
+    """
+    path = Path(path)
+    samples, seconds, keys = 0, 0.0, set()
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if member.name.endswith(".json"):
+                meta = json.loads(tar.extractfile(member).read())
+                samples += 1
+                seconds += float(meta["duration"])
+                keys.add(member.name.split(".", 1)[0])
+    skipped = [
+        {"id": row["ID"], "wav": row["wav"], "reason": "skipped when the shard was written"}
+        for index, row in rows
+        if sample_key(index) not in keys
+    ]
+    return {
+        "name": path.name,
+        "samples": samples,
+        "seconds": round(seconds, 3),
+        "bytes": path.stat().st_size,
+        "skipped": skipped,
+    }
+
+
+# --------------------------------------------------------------------------- all shards
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fin:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_index(path: Path, content: dict):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _worker_init():
+    # One process per shard already uses every core; torch (imported to resample) would
+    # oversubscribe them with its own threads.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def write_shards(
+    manifest_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    max_shard_size: int | str = "1GB",
+    max_shard_samples: int = 10000,
+    num_workers: int = 1,
+    data_root: str | os.PathLike | None = None,
+    sample_rate: int = 16000,
+    shuffle_seed: int | None = 0,
+    progress: bool = True,
+) -> dict:
+    """Writes WebDataset shards of a manifest, in parallel and resumably.
+
+    See the module docstring for the layout, the plan and what a rerun does.
+
+    Arguments
+    ---------
+    manifest_csv : str or path
+        Pretraining manifest (``ID, duration, wav, captions`` + any columns).
+    out_dir : str or path
+        Folder of the shards and of ``shards.json`` (created).
+    max_shard_size : int or str
+        Byte budget of a shard's uncompressed 16-bit audio, e.g. ``"1GB"``.
+    max_shard_samples : int
+        Most clips in one shard.
+    num_workers : int
+        Shards written at the same time (processes); 1 writes in this process.
+    data_root : str or path, optional
+        Replaces ``$data_root`` in the manifest.
+    sample_rate : int
+        Sample rate of the stored FLAC audio (16 kHz, the model's).
+    shuffle_seed : int, optional
+        Seed of the row permutation before sharding; ``None`` keeps the order.
+    progress : bool
+        Show a tqdm progress bar (clips).
+
+    Returns
+    -------
+    dict
+        The index written to ``<out_dir>/shards.json``.
+
+    Example
+    -------
+    >>> from speechbrain_slap.data.synthetic import generate_corpus
+    >>> folder = getfixture("tmp_path")
+    >>> manifests = generate_corpus(folder / "corpus", n_train=3, n_valid=0, n_test=0,
+    ...                             max_duration=4.0, progress=False)
+    >>> index = write_shards(manifests["train"], folder / "shards", max_shard_samples=2,
+    ...                      data_root=folder / "corpus", progress=False)
+    >>> [shard["name"] for shard in index["shards"]], index["num_samples"]
+    (['shard-000000.tar', 'shard-000001.tar'], 3)
+    """
+    manifest_csv, out_dir = Path(manifest_csv), Path(out_dir)
+    max_shard_size = parse_size(max_shard_size)
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    rows = read_manifest(manifest_csv, data_root)
+    plan = plan_shards(
+        [row["duration"] for row in rows],
+        max_shard_size,
+        max_shard_samples,
+        sample_rate,
+        shuffle_seed,
+    )
+    config = {
+        "manifest_sha256": _file_sha256(manifest_csv),
+        "max_shard_size": max_shard_size,
+        "max_shard_samples": int(max_shard_samples),
+        "sample_rate": int(sample_rate),
+        "shuffle_seed": shuffle_seed,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index_path = out_dir / INDEX_NAME
+    if index_path.exists():
+        found = json.loads(index_path.read_text()).get("config")
+        if found != config:
+            raise ValueError(
+                f"{out_dir} holds shards written with other settings or another manifest "
+                f"({found}, now {config}); delete the folder or choose another out_dir"
+            )
+    index = {
+        "version": INDEX_VERSION,
+        "complete": False,
+        "config": config,
+        "manifest": str(manifest_csv.resolve()),
+        "data_root": None if data_root is None else str(data_root),
+        "sample_rate": int(sample_rate),
+    }
+    _write_index(index_path, index)
+
+    jobs = [
+        (out_dir / SHARD_PATTERN.format(i), [(r, rows[r]) for r in shard])
+        for i, shard in enumerate(plan)
+    ]
+    results = {}
+    bar = tqdm(total=len(rows), unit="clip", desc="shards", disable=not progress)
+    pending = []
+    for path, shard_rows in jobs:
+        if path.exists():  # complete (written under a temporary name, then renamed)
+            results[path.name] = scan_shard(path, shard_rows)
+            bar.update(len(shard_rows))
+        else:
+            pending.append((path, shard_rows))
+    if pending:
+        logger.info(
+            "writing %d of %d shards to %s (%d kept)",
+            len(pending),
+            len(jobs),
+            out_dir,
+            len(jobs) - len(pending),
+        )
+    if num_workers == 1:
+        for path, shard_rows in pending:
+            results[path.name] = write_shard(path, shard_rows, sample_rate)
+            bar.update(len(shard_rows))
+    elif pending:
+        # spawn: the parent may hold torch's OpenMP threads, which fork does not survive.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = {
+                pool.submit(write_shard, path, shard_rows, sample_rate): len(shard_rows)
+                for path, shard_rows in pending
+            }
+            for future in as_completed(futures):
+                stats = future.result()
+                results[stats["name"]] = stats
+                bar.update(futures[future])
+    bar.close()
+
+    shards = [results[path.name] for path, _ in jobs]
+    skipped = [item for stats in shards for item in stats.pop("skipped")]
+    for item in skipped:
+        logger.warning("skipped %s (%s): %s", item["id"], item["wav"], item["reason"])
+    index.update(
+        complete=True,
+        num_shards=len(shards),
+        num_samples=sum(s["samples"] for s in shards),
+        total_seconds=round(sum(s["seconds"] for s in shards), 3),
+        num_skipped=len(skipped),
+        shards=shards,
+        skipped=skipped,
+    )
+    _write_index(index_path, index)
+    logger.info(
+        "%d shards, %d clips, %.1f h of audio in %s; %d rows skipped",
+        len(shards),
+        index["num_samples"],
+        index["total_seconds"] / 3600,
+        out_dir,
+        len(skipped),
+    )
+    return index
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds the ``slap shards`` arguments to ``parser`` (for a subcommand).
+
+    Example
+    -------
+    >>> args = add_arguments(argparse.ArgumentParser()).parse_args(["m.csv", "out"])
+    >>> args.max_shard_size, args.num_workers >= 1
+    (1000000000, True)
+    """
+
+    def size(text):
+        try:
+            return parse_size(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parser.add_argument("manifest", help="pretraining manifest (CSV: ID, duration, wav, captions)")
+    parser.add_argument("out_dir", help="folder of the shards and shards.json")
+    parser.add_argument(
+        "--max-shard-size",
+        type=size,
+        default="1GB",
+        help="byte budget of a shard's uncompressed 16-bit audio, e.g. 500MB, 1GB (default 1GB)",
+    )
+    parser.add_argument(
+        "--max-shard-samples", type=int, default=10000, help="most clips per shard (10000)"
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=max(1, os.cpu_count() or 1),
+        help="shards written in parallel (default: the number of CPUs)",
+    )
+    parser.add_argument("--data-root", default=None, help="replaces $data_root in the manifest")
+    parser.add_argument(
+        "--sample-rate", type=int, default=16000, help="stored sample rate (default 16000)"
+    )
+    parser.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=0,
+        help="seed of the row permutation before sharding (default 0; -1 keeps the order)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``slap shards`` with parsed arguments; prints a one-line summary.
+
+    Returns
+    -------
+    int
+        0 (errors raise ``FileNotFoundError`` or ``ValueError``).
+    """
+    index = write_shards(
+        args.manifest,
+        args.out_dir,
+        max_shard_size=args.max_shard_size,
+        max_shard_samples=args.max_shard_samples,
+        num_workers=args.num_workers,
+        data_root=args.data_root,
+        sample_rate=args.sample_rate,
+        shuffle_seed=None if args.shuffle_seed < 0 else args.shuffle_seed,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{index['num_shards']} shards, {index['num_samples']} clips, "
+        f"{index['total_seconds'] / 3600:.2f} h of audio, {index['num_skipped']} rows skipped "
+        f"-> {Path(args.out_dir) / INDEX_NAME}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``slap shards MANIFEST OUT_DIR [--max-shard-size 1GB] [--num-workers N] ...``.
+
+    Arguments
+    ---------
+    argv : sequence of str, optional
+        Arguments after ``shards`` (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit code: 0, or 2 with a message on stderr for a bad input.
+
+    Example
+    -------
+    >>> main(["missing.csv", str(getfixture("tmp_path"))])
+    2
+    """
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="slap shards", description="Write WebDataset shards from a manifest"
+        )
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"slap shards: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
