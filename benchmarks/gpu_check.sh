@@ -4,9 +4,13 @@
 #     bash ../shared/gpu/fetch-wheels.sh pytest pluggy iniconfig
 # then run this script on the GPU machine from the repo root with `.whl` carried.
 # It installs the wheels to /tmp/site, runs the GPU tests (backends vs sdpa in
-# bf16, forward and backward; compiled blocks), then benchmarks the base encoder
-# (eager and per-block compiled) on the three duration mixes, packed vs padded
-# to 30 s. Results go to $OUT (default /tmp/gpu_check); the tables print last.
+# bf16, forward and backward; compiled blocks), then benchmarks at base size:
+# the encoder alone (eager and per-block compiled), packed vs padded to 30 s;
+# the full SLAP training step, packed vs `packing: false`, with the largest
+# token budget that fits (WavCaps-like mix); inference (`encode_audio_batch`);
+# and the data pipeline on this machine's CPU workers, against the measured
+# training rate. Results go to $OUT (default /tmp/gpu_check); the tables print
+# last, with the seconds each part took. The timeouts add up to 570 s.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -20,20 +24,45 @@ else
 fi
 export HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+: >"$OUT/seconds.txt"
 
-echo "== base encoder, bf16, eager"
-timeout 150 python3 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 \
-    --json "$OUT/eager.json" >"$OUT/eager.txt" 2>"$OUT/eager.log" || echo "eager benchmark failed (see eager.log)"
+# bench NAME TIMEOUT SCRIPT ARGS...: one benchmark, table to NAME.txt, progress to NAME.log.
+bench() {
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    echo "== $name"
+    timeout "$limit" python3 "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>"$OUT/$name.log" \
+        || echo "$name failed or timed out (see $name.log)" | tee -a "$OUT/$name.txt"
+    echo "$name: $((SECONDS - start)) s" >>"$OUT/seconds.txt"
+}
+
+bench eager 75 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16
 
 echo "== GPU tests"
-timeout 240 python3 -m pytest -q -m gpu tests -o addopts="" -p no:cacheprovider 2>&1 \
+start=$SECONDS
+timeout 100 python3 -m pytest -q -m gpu tests -o addopts="" -p no:cacheprovider 2>&1 \
     | tee "$OUT/gpu_tests.txt" | tail -30
+echo "gpu_tests: $((SECONDS - start)) s" >>"$OUT/seconds.txt"
 
-echo "== base encoder, bf16, per-block torch.compile"
-timeout 170 python3 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 --compile \
-    --json "$OUT/compiled.json" >"$OUT/compiled.txt" 2>"$OUT/compiled.log" || echo "compiled benchmark failed (see compiled.log)"
+bench compiled 110 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 --compile
+bench train_step 150 benchmarks/train_step_throughput.py --size base --device cuda --dtype bf16 \
+    --warmup 2 --steps 3 --search-mixes wavcaps
+bench inference 90 benchmarks/inference_throughput.py --size base --device cuda --dtype bf16 \
+    --steps 5 --batch-seconds 1320
+# The rate to feed: the fastest packed full training step measured above (none if it failed).
+RATE=$(python3 -c 'import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+print(max(r["audio_s_per_s"] for r in rows if r["mode"] == "packed" and "audio_s_per_s" in r))' \
+    "$OUT/train_step.json" 2>/dev/null)
+# shellcheck disable=SC2086  # an empty RATE passes no rate
+bench data_pipeline 45 benchmarks/data_pipeline_throughput.py --audio-seconds 600 \
+    --workers 1 4 --train-rate $RATE
 
 echo
 echo "== summary"
+cat "$OUT/seconds.txt"
 tail -1 "$OUT/gpu_tests.txt"
-cat "$OUT/eager.txt" "$OUT/compiled.txt" 2>/dev/null
+for name in eager compiled train_step inference data_pipeline; do
+    echo "-- $name"
+    cat "$OUT/$name.txt" 2>/dev/null
+done

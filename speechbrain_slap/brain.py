@@ -13,6 +13,12 @@ One training step (paper Fig. 1, ``DESIGN.md`` Sec. 2)::
 A loss weight of 0 skips its branch. Only hooks are overridden; the loop,
 precision, gradient accumulation and checkpointing are SpeechBrain's.
 
+``packing: false`` runs the same model as the baseline that pads and masks:
+the encoders see every clip padded to ``max_duration`` (compute spent on the
+padding), pooling, decoder and SSL see the real tokens only, and the losses
+equal the packed ones up to rounding. ``benchmarks/train_step_throughput.py``
+compares the speed of the two.
+
 Authors
  * speechbrain-slap contributors 2026
 """
@@ -28,7 +34,11 @@ import torch
 from speechbrain_slap.data import split_captions
 from speechbrain_slap.lobes.caption_decoder import caption_loss
 from speechbrain_slap.lobes.features import pad_to_hop
-from speechbrain_slap.lobes.packing import concat_packed, random_token_mask
+from speechbrain_slap.lobes.packing import (
+    concat_packed,
+    num_tokens_for_duration,
+    random_token_mask,
+)
 from speechbrain_slap.losses import teacher_temperature
 from speechbrain_slap.metrics import retrieval_metrics, zero_shot_accuracy
 
@@ -48,7 +58,8 @@ class SLAPBrain(sb.Brain):
     ``clap_loss``. Expected hparams: ``loss_weights`` (``clap``, ``ssl``,
     ``cap``), ``ssl_view``, ``mask_ratio``, ``ssl_loss``, ``lr_schedule``,
     ``teacher_temp_warmup_steps``, optional ``spec_augment`` (list of modules),
-    ``log_interval``, ``zeroshot_labels`` and ``zeroshot_prompts``.
+    ``log_interval``, ``zeroshot_labels`` and ``zeroshot_prompts``; optional
+    ``packing`` (default True; False pads every clip to ``max_duration``).
     """
 
     # -- forward -----------------------------------------------------------
@@ -64,9 +75,11 @@ class SLAPBrain(sb.Brain):
         packed = encoder.patchify(feats, wav_lens)
         out = {"packed": packed, "n_tokens": int(packed.cu_seqlens[-1])}
         weights = self.hparams.loss_weights
+        # packing: false pads every clip to max_duration in the encoders (the baseline).
+        pad_to = None if getattr(self.hparams, "packing", True) else self.padded_length()
 
         if stage != sb.Stage.TRAIN:
-            tokens = self.modules.audio_encoder(packed)
+            tokens = self.modules.audio_encoder(packed, pad_to=pad_to)
             out["audio_emb"] = self.modules.audio_pooling(tokens, cu_seqlens=packed.cu_seqlens)
             return out
 
@@ -76,12 +89,12 @@ class SLAPBrain(sb.Brain):
         if use_ssl and self.hparams.ssl_view == "dual":
             both = concat_packed(packed, packed)
             full_mask = torch.cat([torch.zeros_like(token_mask), token_mask])
-            student = self.modules.audio_encoder(both, token_mask=full_mask)
+            student = self.modules.audio_encoder(both, token_mask=full_mask, pad_to=pad_to)
             view1, view2 = student[: out["n_tokens"]], student[out["n_tokens"] :]
         elif use_ssl:  # shared: one masked view feeds all three losses
-            view1 = view2 = self.modules.audio_encoder(packed, token_mask=token_mask)
+            view1 = view2 = self.modules.audio_encoder(packed, token_mask=token_mask, pad_to=pad_to)
         else:
-            view1 = self.modules.audio_encoder(packed)
+            view1 = self.modules.audio_encoder(packed, pad_to=pad_to)
 
         if weights["clap"] > 0:
             out["audio_emb"] = self.modules.audio_pooling(view1, cu_seqlens=packed.cu_seqlens)
@@ -93,11 +106,24 @@ class SLAPBrain(sb.Brain):
             )
         if use_ssl:
             with torch.no_grad():
-                teacher_tokens = self.modules.teacher["audio_encoder"](packed)
+                teacher_tokens = self.modules.teacher["audio_encoder"](packed, pad_to=pad_to)
                 out["teacher_logits"] = self.modules.teacher["ssl_head"](teacher_tokens[token_mask])
             out["student_logits"] = self.modules.ssl_head(view2[token_mask])
             out["masked_clip_id"] = packed.clip_id[token_mask]
         return out
+
+    def padded_length(self) -> int:
+        """Tokens of a ``max_duration`` clip: what ``packing: false`` pads every clip to."""
+        max_duration = getattr(self.hparams, "max_duration", None)
+        if max_duration is None:
+            raise ValueError("packing: false pads every clip to max_duration: set that hparam")
+        features = self.modules.compute_features
+        return num_tokens_for_duration(
+            max_duration,
+            features.sample_rate,
+            features.hop_samples,
+            _unwrap(self.modules.audio_encoder).n_mels,
+        )
 
     def compute_objectives(self, predictions, batch, stage):
         """Weighted sum of the active losses; components go to ``self.loss_stats``."""

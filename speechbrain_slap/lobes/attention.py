@@ -17,6 +17,10 @@ Backends, all computing that same mask:
 ``auto``       ``varlen`` for fp16/bf16 CUDA tensors, else ``sdpa``
 =============  =========================================================
 
+``PaddedAttention`` is the baseline that pads instead of packing
+(``packing: false`` in ``SLAPBrain``): every clip padded to one length, dense
+SDPA with the mask built from the same rule, so compute is spent on padding.
+
 Authors
  * speechbrain-slap contributors 2026
 """
@@ -105,6 +109,48 @@ def dense_mask(cu_seqlens: torch.Tensor, window: int | None) -> torch.Tensor:
     clip = clip_ids(cu_seqlens)
     index = torch.arange(clip.numel(), device=cu_seqlens.device)
     return attention_allowed(clip[:, None], clip[None, :], index[:, None], index[None, :], window)
+
+
+def padded_attention_mask(valid: torch.Tensor, window: int | None) -> torch.Tensor:
+    """``(B, 1, L, L)`` SDPA mask of clips padded to one length, from the rule.
+
+    Padding positions get clip id -1, so the rule keeps them out of every real
+    token's keys. A padding query attends to the padding keys of its own row
+    (and always to itself), which keeps its softmax finite; its output is
+    never used.
+
+    Arguments
+    ---------
+    valid : torch.Tensor
+        ``(B, L)`` boolean, True where a position holds a real token (a prefix
+        of each row).
+    window : int or None
+        Band half-width in tokens, or None for global attention.
+
+    Returns
+    -------
+    ``(B, 1, L, L)`` boolean mask, True where attention is allowed.
+
+    Example
+    -------
+    >>> valid = torch.tensor([[True, True, False], [True, False, False]])
+    >>> padded_attention_mask(valid, None)[0, 0].int()
+    tensor([[1, 1, 0],
+            [1, 1, 0],
+            [0, 0, 1]], dtype=torch.int32)
+    """
+    if valid.dim() != 2 or valid.dtype != torch.bool:
+        raise ValueError(
+            f"valid must be a (batch, length) bool tensor, got {valid.dtype} {tuple(valid.shape)}"
+        )
+    batch, length = valid.shape
+    clip = torch.where(valid, torch.arange(batch, device=valid.device)[:, None], -1)
+    positions = torch.arange(length, device=valid.device)
+    allowed = attention_allowed(
+        clip[:, :, None], clip[:, None, :], positions[:, None], positions[None, :], window
+    )
+    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
+    return (allowed | eye)[:, None]
 
 
 def flash_attn_available() -> bool:
@@ -289,20 +335,8 @@ class PackedAttention:
     def _sdpa_mask(self, window):
         key = ("sdpa", window)
         if key not in self._cache:
-            _, _, valid, positions = self._padded_layout()
-            batch = valid.shape[0]
-            # Padding positions get clip id -1 so the rule excludes them as keys;
-            # padding queries attend to themselves only, to keep softmax finite.
-            padded_clip = torch.where(valid, torch.arange(batch, device=valid.device)[:, None], -1)
-            allowed = attention_allowed(
-                padded_clip[:, :, None],
-                padded_clip[:, None, :],
-                positions[None, :, None],
-                positions[None, None, :],
-                window,
-            )
-            eye = torch.eye(len(positions), dtype=torch.bool, device=valid.device)
-            self._cache[key] = (allowed | eye)[:, None]
+            _, _, valid, _ = self._padded_layout()
+            self._cache[key] = padded_attention_mask(valid, window)
         return self._cache[key]
 
     def _sdpa(self, q, k, v, window):
@@ -322,3 +356,79 @@ class PackedAttention:
             scale=1.0 / math.sqrt(head_dim),
         )
         return out.transpose(1, 2)[clip, local]
+
+
+class PaddedAttention:
+    """Attention over clips padded to one length: dense SDPA masked by the rule.
+
+    The baseline that pads and masks instead of packing (``packing: false``):
+    the tokens of ``B`` clips come flattened, each clip padded to ``L`` tokens
+    (``packing.pad_clips``), and every block attends over all ``B x L``
+    positions with the ``padded_attention_mask`` of its window, so compute is
+    spent on the padding. Real tokens get exactly what ``PackedAttention``
+    gives them. Same interface as ``PackedAttention``: built once per forward,
+    used by every block.
+
+    Arguments
+    ---------
+    valid : torch.Tensor
+        ``(B, L)`` boolean, True where a position holds a real token.
+
+    Example
+    -------
+    >>> valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    >>> attend = PaddedAttention(valid).prepare([None, 2])
+    >>> q = k = v = torch.randn(10, 2, 16)
+    >>> attend(q, k, v, window=2).shape
+    torch.Size([10, 2, 16])
+    """
+
+    def __init__(self, valid: torch.Tensor):
+        self.valid = valid
+        self._masks = {}
+
+    def prepare(self, windows) -> "PaddedAttention":
+        """Builds the mask of every window in ``windows`` up front."""
+        for window in windows:
+            self.mask(window)
+        return self
+
+    def mask(self, window: int | None) -> torch.Tensor:
+        """The ``(B, 1, L, L)`` mask of ``window`` (built once)."""
+        if window not in self._masks:
+            self._masks[window] = padded_attention_mask(self.valid, window)
+        return self._masks[window]
+
+    def __call__(self, q, k, v, window: int | None):
+        """Attends ``(B * L, H, Dh)`` queries to keys/values of the same clip.
+
+        Arguments
+        ---------
+        q, k, v : torch.Tensor
+            ``(B * L, heads, head_dim)`` projections, clip ``b`` at rows
+            ``b * L`` to ``(b + 1) * L``.
+        window : int or None
+            Band half-width in tokens, or None for global attention.
+
+        Returns
+        -------
+        ``(B * L, heads, head_dim)`` attention output.
+        """
+        batch, length = self.valid.shape
+        heads, head_dim = q.shape[1:]
+        if q.shape[0] != batch * length:
+            raise ValueError(
+                f"expected {batch} x {length} = {batch * length} tokens, got {q.shape[0]}"
+            )
+
+        def to_batch(x):
+            return x.view(batch, length, heads, head_dim).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            to_batch(q),
+            to_batch(k),
+            to_batch(v),
+            attn_mask=self.mask(window),
+            scale=1.0 / math.sqrt(head_dim),
+        )
+        return out.transpose(1, 2).reshape(batch * length, heads, head_dim)

@@ -5,7 +5,8 @@ pre-RMSNorm, 2-D RoPE and SwiGLU, no bias in any linear layer, and alternating
 attention: two local (sliding-window) blocks then one global block (block ``i``
 is global iff ``i % 3 == 2``). Clips of any duration are packed into one
 sequence (``lobes/packing.py``) and attention never crosses clips
-(``lobes/attention.py``).
+(``lobes/attention.py``). ``pad_to`` runs the same model on clips padded to
+one length instead (the pad-and-mask baseline, ``packing: false``).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -14,11 +15,12 @@ Authors
 import torch
 from torch import nn
 
-from speechbrain_slap.lobes.attention import LOCAL_WINDOW, PackedAttention
+from speechbrain_slap.lobes.attention import LOCAL_WINDOW, PackedAttention, PaddedAttention
 from speechbrain_slap.lobes.packing import (
     PATCH_BINS,
     PackedBatch,
     frames_from_relative_lengths,
+    pad_clips,
     patchify,
 )
 from speechbrain_slap.lobes.rope import AxialRoPE
@@ -241,7 +243,10 @@ class SLAPAudioEncoder(nn.Module):
         return patchify(feats, frames_from_relative_lengths(lengths, total))
 
     def forward_packed(
-        self, packed: PackedBatch, token_mask: torch.Tensor | None = None
+        self,
+        packed: PackedBatch,
+        token_mask: torch.Tensor | None = None,
+        pad_to: int | None = None,
     ) -> torch.Tensor:
         """Encodes a packed batch of patches.
 
@@ -252,23 +257,44 @@ class SLAPAudioEncoder(nn.Module):
         token_mask : torch.Tensor, optional
             ``(N,)`` boolean; True tokens have their patch embedding replaced by
             the learned mask token (the self-supervised student view).
+        pad_to : int, optional
+            If set, every clip is padded to ``pad_to`` tokens and the model runs
+            on the padded layout with attention masked to each clip's real
+            tokens (``PaddedAttention``): the pad-and-mask baseline, which
+            spends compute on the padding but gives the real tokens the same
+            output. None (default) runs packed.
 
         Returns
         -------
-        ``(N, embed_dim)`` token features after the final RMSNorm.
+        ``(N, embed_dim)`` features of the real tokens after the final RMSNorm.
         """
+        n = packed.tokens.shape[0]
+        if token_mask is not None and token_mask.shape != (n,):
+            raise ValueError(f"token_mask must have shape ({n},), got {tuple(token_mask.shape)}")
+        if pad_to is None:
+            return self._encode(packed, token_mask)
+        padded, valid = pad_clips(packed, pad_to)
+        if token_mask is not None:
+            padded_mask = token_mask.new_zeros(valid.shape)
+            padded_mask[valid] = token_mask
+            token_mask = padded_mask.flatten()
+        out = self._encode(padded, token_mask, valid)
+        return out.view(*valid.shape, -1)[valid]
+
+    def _encode(self, packed, token_mask, valid=None):
+        """Patch embedding, blocks and final norm; ``valid`` selects padded attention."""
         x = self.patch_embed(packed.tokens)
         if token_mask is not None:
-            if token_mask.shape != (x.shape[0],):
-                raise ValueError(
-                    f"token_mask must have shape ({x.shape[0]},), got {tuple(token_mask.shape)}"
-                )
             x = torch.where(token_mask[:, None], self.mask_token.to(x.dtype), x)
         cos, sin = self.rope(packed.pos_t, packed.pos_f)
-        # x has the compute dtype (bf16 under autocast), which picks the backend.
-        attend = PackedAttention(
-            packed.cu_seqlens, packed.max_seqlen, self.attention_backend, dtype=x.dtype
-        ).prepare({block.attn.window for block in self.blocks})
+        if valid is None:
+            # x has the compute dtype (bf16 under autocast), which picks the backend.
+            attend = PackedAttention(
+                packed.cu_seqlens, packed.max_seqlen, self.attention_backend, dtype=x.dtype
+            )
+        else:
+            attend = PaddedAttention(valid)
+        attend.prepare({block.attn.window for block in self.blocks})
         for block in self.blocks:
             x = block(x, cos, sin, attend)
         return self.norm(x)
@@ -278,6 +304,7 @@ class SLAPAudioEncoder(nn.Module):
         feats: torch.Tensor | PackedBatch,
         lengths: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        pad_to: int | None = None,
     ) -> torch.Tensor:
         """SpeechBrain-style entry point: padded log-mels in, padded tokens out.
 
@@ -292,6 +319,9 @@ class SLAPAudioEncoder(nn.Module):
             ``(B,)`` relative lengths (``wav_lens``).
         token_mask : torch.Tensor, optional
             ``(B, L)`` boolean over each clip's tokens; True = masked.
+        pad_to : int, optional
+            Run on clips padded to this many tokens (see ``forward_packed``);
+            the output is the same up to rounding.
 
         Returns
         -------
@@ -300,7 +330,7 @@ class SLAPAudioEncoder(nn.Module):
         (``MAPooling`` relies on that to find padding).
         """
         if isinstance(feats, PackedBatch):
-            return self.forward_packed(feats, token_mask)
+            return self.forward_packed(feats, token_mask, pad_to)
         packed = self.patchify(feats, lengths)
         packed_mask = None
         if token_mask is not None:
@@ -311,5 +341,5 @@ class SLAPAudioEncoder(nn.Module):
                     f"clip), got {tuple(token_mask.shape)}"
                 )
             packed_mask = token_mask[packed.clip_id, packed.local_index()]
-        out = self.forward_packed(packed, packed_mask)
+        out = self.forward_packed(packed, packed_mask, pad_to)
         return packed.unpack(out)[0]

@@ -372,6 +372,65 @@ def concat_packed(*batches: PackedBatch) -> PackedBatch:
     )
 
 
+def pad_clips(packed: PackedBatch, length: int) -> tuple[PackedBatch, torch.Tensor]:
+    """The same clips, each padded with zero tokens to ``length`` tokens.
+
+    The padded layout of the ``packing: false`` baseline: clip ``b`` occupies
+    rows ``b * length`` to ``(b + 1) * length`` of the result, its real tokens
+    first (with their positions), then zero tokens at position 0.
+
+    Arguments
+    ---------
+    packed : PackedBatch
+        The packed clips.
+    length : int
+        Tokens per clip after padding; at least the longest clip.
+
+    Returns
+    -------
+    padded : PackedBatch
+        ``B * length`` tokens, every clip ``length`` long.
+    valid : torch.Tensor
+        ``(B, length)`` boolean, True at real tokens; ``x.view(B, length,
+        -1)[valid]`` gives per-token rows back in the packed order.
+
+    Example
+    -------
+    >>> packed = pack_padded(torch.randn(2, 3, 4), torch.tensor([3, 1]))
+    >>> padded, valid = pad_clips(packed, 4)
+    >>> padded.tokens.shape, padded.cu_seqlens
+    (torch.Size([8, 4]), tensor([0, 4, 8], dtype=torch.int32))
+    >>> valid.int()
+    tensor([[1, 1, 1, 0],
+            [1, 0, 0, 0]], dtype=torch.int32)
+    >>> torch.equal(padded.tokens.view(2, 4, 4)[valid], packed.tokens)
+    True
+    """
+    if length < packed.max_seqlen:
+        raise ValueError(
+            f"cannot pad clips of up to {packed.max_seqlen} tokens to {length} tokens: "
+            "the padded length must cover the longest clip"
+        )
+    batch, device = packed.batch_size, packed.tokens.device
+    positions = torch.arange(length, device=device)
+    valid = positions[None, :] < packed.seqlens[:, None]
+
+    def scatter(x):
+        out = x.new_zeros(batch, length, *x.shape[1:])
+        out[valid] = x
+        return out.flatten(0, 1)
+
+    padded = PackedBatch(
+        tokens=scatter(packed.tokens),
+        cu_seqlens=(torch.arange(batch + 1, device=device) * length).to(torch.int32),
+        max_seqlen=length,
+        pos_t=scatter(packed.pos_t),
+        pos_f=scatter(packed.pos_f),
+        clip_id=torch.arange(batch, device=device).repeat_interleave(length),
+    )
+    return padded, valid
+
+
 def random_token_mask(
     packed: PackedBatch, ratio: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
