@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Recipe: fine-tune a pretrained SLAP model on AudioCaps (retrieval and captioning).
+
+Paper Sec. 3.3: the pretrained model is trained further on the target dataset
+with all three losses (contrastive, masked self-distillation, captioning).
+Every module, the EMA teacher and the caption tokenizer start from a SLAP
+model folder (``--pretrained_model``); the training loop is the pretraining
+recipe's (``SLAPBrain``, its data pipelines and duration batches). Retrieval
+over all val captions is checked every epoch and the checkpoint with the best
+mean R@1 is kept, evaluated on test (``test_results.json``) and exported to
+``<output_folder>/model``, the model folder that the captioning recipe and
+``SLAP.from_hparams`` load.
+
+    python recipes/AudioCaps/retrieval/train.py \\
+        recipes/AudioCaps/retrieval/hparams/finetune.yaml \\
+        --pretrained_model=path/to/slap_model --data_folder=/data/AUDIOCAPS
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from speechbrain_slap.export import export_model, find_best_checkpoint
+from speechbrain_slap.retrieval import fit_and_test, load_pretrained
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from audiocaps_prepare import prepare_audiocaps  # noqa: E402
+
+
+def pretraining_recipe():
+    """``recipes/pretrain/train.py`` as a module: its data pipelines and batching."""
+    path = Path(__file__).resolve().parents[2] / "pretrain" / "train.py"
+    spec = importlib.util.spec_from_file_location("slap_pretrain_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(
+        prepare_audiocaps,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["manifest_folder"],
+            "csv_folder": hparams["csv_folder"],
+            "audio_pattern": hparams["audio_pattern"],
+        },
+    )
+
+    # Start from the pretrained model: weights, teacher and caption tokenizer.
+    tokenizer = load_pretrained(
+        hparams["pretrainer"],
+        hparams["pretrained_model"],
+        hparams["tokenizer_folder"],
+        hparams["vocab_size"],
+    )
+    hparams["teacher"].step.zero_()  # the EMA schedule spans the fine-tuning steps
+
+    pretrain = pretraining_recipe()
+    datasets = pretrain.dataio_prepare(hparams, tokenizer)
+    brain = fit_and_test(hparams, run_opts, datasets, pretrain.duration_sampler)
+
+    run_on_main(
+        export_model,
+        kwargs={
+            "output_folder": hparams["output_folder"],
+            "model_folder": hparams["model_folder"],
+            "checkpoint": find_best_checkpoint(brain.checkpointer.checkpoints_dir),
+            "overwrite": True,
+        },
+    )
