@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Example: a SLAP encoder as the feature extractor of an emotion-style recipe.
+
+The Brain is that of SpeechBrain's emotion recognition recipes (features ->
+embedding model -> classifier, NLL loss, classification error), with the
+embedding model replaced by SLAP: ``SLAPFrameEncoder`` turns the log-mels of
+``SLAPFbank`` into time-step features ``(B, T', D)``, statistics pooling over
+their relative lengths makes one vector per clip and a linear layer classifies
+it. The encoder weights come from a SLAP model folder through SpeechBrain's
+``Pretrainer``; ``freeze_encoder`` chooses between a frozen feature extractor
+and fine-tuning. The task is generated (``generate_data.py``): four speaking
+styles told apart only by the pitch contour.
+
+    python train.py hparams/emotion_style.yaml --pretrained_model=MODEL_FOLDER
+    python train.py hparams/emotion_style.yaml --pretrained_model=MODEL_FOLDER \
+        --freeze_encoder=False
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import importlib
+import inspect
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+from ruamel.yaml import YAML
+from speechbrain.utils.distributed import run_on_main
+
+from speechbrain_slap.lobes.features import pad_to_hop
+
+logger = logging.getLogger(__name__)
+
+# The yaml keys that must build the same features and encoder as the model folder's.
+ENCODER_KEYS = ("compute_features", "audio_encoder")
+# Arguments that pick a kernel, not the weights or what the model computes.
+KERNEL_ARGUMENTS = ("attention_backend",)
+
+
+class StyleBrain(sb.Brain):
+    """Speaking-style classifier on SLAP frame features."""
+
+    def compute_frames(self, wavs: torch.Tensor, wav_lens: torch.Tensor):
+        """SLAP time-step features of a padded waveform batch.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` waveforms, padded to the longest (``PaddedBatch``).
+        wav_lens : torch.Tensor
+            ``(B,)`` relative lengths.
+
+        Returns
+        -------
+        frames : torch.Tensor
+            ``(B, T', D)`` time-step features, zero past each clip's end.
+        frame_lens : torch.Tensor
+            ``(B,)`` exact relative lengths of ``frames``.
+        """
+        # With the batch a multiple of the STFT hop, relative lengths map to
+        # exact frame counts: a clip gives the same frames in any batch.
+        wavs, wav_lens = pad_to_hop(wavs, wav_lens, self.hparams.compute_features.hop_samples)
+        feats = self.modules.compute_features(wavs)
+        frames = self.modules.frame_encoder(feats, wav_lens)
+        return frames, self.modules.frame_encoder.output_lengths(feats, wav_lens)
+
+    def compute_forward(self, batch, stage):
+        """Log-probabilities ``(B, 1, n_classes)`` of each clip's style."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        frames, frame_lens = self.compute_frames(wavs, wav_lens)
+        stats = self.modules.pooling(frames, frame_lens)  # mean and std over real steps
+        return self.hparams.log_softmax(self.modules.classifier(stats))
+
+    def compute_objectives(self, predictions, batch, stage):
+        """NLL loss; error rate outside training."""
+        style, _ = batch.style_encoded
+        loss = self.hparams.compute_cost(predictions, style)
+        if stage != sb.Stage.TRAIN:
+            self.error_metrics.append(batch.id, predictions, style)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """A fresh error tracker for each evaluation stage."""
+        if stage != sb.Stage.TRAIN:
+            self.error_metrics = self.hparams.error_stats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs, anneals the learning rate and keeps the best checkpoint by error rate."""
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = stage_loss
+            return
+        stats = {"loss": stage_loss, "error_rate": self.error_metrics.summarize("average")}
+        if stage == sb.Stage.VALID:
+            old_lr, new_lr = self.hparams.lr_annealing(epoch)
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": old_lr},
+                train_stats={"loss": self.train_loss},
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(meta=stats, min_keys=["error_rate"])
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=stats,
+            )
+
+
+def encoder_definitions(yaml_stream: TextIO, overrides: str | dict | None = None) -> dict:
+    """The classes and full arguments (defaults filled in) of ``ENCODER_KEYS`` in a yaml.
+
+    Arguments
+    ---------
+    yaml_stream : file-like
+        A HyperPyYAML file (references are resolved, nothing is built).
+    overrides : str or dict, optional
+        Overrides, as given to ``load_hyperpyyaml``.
+
+    Returns
+    -------
+    dict
+        Key -> ``(tag, {argument: value})``.
+    """
+    name = getattr(yaml_stream, "name", "yaml")
+    tree = YAML(typ="rt").load(resolve_references(yaml_stream, overrides)) or {}
+    definitions = {}
+    for key in ENCODER_KEYS:
+        node = tree.get(key)
+        tag = str(getattr(getattr(node, "tag", None), "value", ""))
+        if not isinstance(node, dict) or not tag.startswith("!new:"):
+            raise ValueError(f"{name}: expected '{key}' to be a !new: definition")
+        module, _, class_name = tag[len("!new:") :].rpartition(".")
+        parameters = inspect.signature(getattr(importlib.import_module(module), class_name))
+        arguments = {
+            arg: p.default for arg, p in parameters.parameters.items() if p.default is not p.empty
+        }
+        arguments.update(node)
+        for arg in KERNEL_ARGUMENTS:
+            arguments.pop(arg, None)
+        definitions[key] = (tag, arguments)
+    return definitions
+
+
+def check_encoder_matches(
+    hparams_file: str | Path, overrides: str | dict | None, model_folder: str | Path
+):
+    """Fails early if this yaml would build other features or another encoder.
+
+    The weights alone cannot catch every difference (a different ``num_heads``
+    or feature statistics load without error and give wrong features).
+
+    Arguments
+    ---------
+    hparams_file : str or Path
+        This recipe's yaml.
+    overrides : str or dict or None
+        Its command-line overrides.
+    model_folder : str or Path
+        The SLAP model folder (its ``hyperparams.yaml`` is read).
+
+    Raises
+    ------
+    ValueError
+        Listing every differing argument of ``compute_features`` and ``audio_encoder``.
+    """
+    model_yaml = Path(model_folder) / "hyperparams.yaml"
+    if not model_yaml.is_file():
+        raise FileNotFoundError(f"{model_yaml}: not found; is {model_folder} a SLAP model folder?")
+    with open(hparams_file) as fin:
+        ours = encoder_definitions(fin, overrides)
+    with open(model_yaml) as fin:
+        theirs = encoder_definitions(fin)
+    problems = []
+    for key in ENCODER_KEYS:
+        (our_tag, our_args), (their_tag, their_args) = ours[key], theirs[key]
+        if our_tag != their_tag:
+            problems.append(f"{key}: {our_tag} here, {their_tag} in the model folder")
+            continue
+        for arg in sorted(our_args.keys() | their_args.keys()):
+            if our_args.get(arg) != their_args.get(arg):
+                problems.append(
+                    f"{key}.{arg}: {our_args.get(arg)!r} here, "
+                    f"{their_args.get(arg)!r} in the model folder"
+                )
+    if problems:
+        raise ValueError(
+            f"{hparams_file} does not describe the model in {model_folder}; copy these from "
+            f"{model_yaml}:\n  " + "\n  ".join(problems)
+        )
+
+
+def load_pretrained_encoder(hparams: dict, hparams_file: str | Path, overrides: str | dict | None):
+    """Loads the encoder weights of ``pretrained_model`` (if one is given).
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters (``pretrained_model``, ``pretrainer``).
+    hparams_file : str or Path
+        The yaml they were loaded from.
+    overrides : str or dict or None
+        The overrides they were loaded with.
+    """
+    if not hparams["pretrained_model"]:
+        logger.warning(
+            "pretrained_model is empty: the SLAP encoder starts from random weights%s",
+            " and stays frozen" if hparams["freeze_encoder"] else "",
+        )
+        return
+    check_encoder_matches(hparams_file, overrides, hparams["pretrained_model"])
+    run_on_main(hparams["pretrainer"].collect_files)
+    hparams["pretrainer"].load_collected()
+
+
+def dataio_prepare(hparams: dict) -> dict:
+    """Audio and label pipelines of the train/valid/test manifests.
+
+    Arguments
+    ---------
+    hparams : dict
+        The loaded hyperparameters.
+
+    Returns
+    -------
+    dict
+        Split name -> ``DynamicItemDataset`` with ``id``, ``sig``, ``style_encoded``.
+    """
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return sb.dataio.dataio.read_audio(wav)
+
+    label_encoder = sb.dataio.encoder.CategoricalEncoder()
+
+    @sb.utils.data_pipeline.takes("style")
+    @sb.utils.data_pipeline.provides("style", "style_encoded")
+    def label_pipeline(style):
+        yield style
+        yield label_encoder.encode_label_torch(style)
+
+    datasets = {}
+    for split in ("train", "valid", "test"):
+        datasets[split] = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_path=hparams[f"{split}_csv"],
+            replacements={"data_root": hparams["data_folder"]},
+            dynamic_items=[audio_pipeline, label_pipeline],
+            output_keys=["id", "sig", "style_encoded"],
+        )
+    label_encoder.load_or_create(
+        path=Path(hparams["save_folder"]) / "label_encoder.txt",
+        from_didatasets=[datasets["train"]],
+        output_key="style",
+    )
+    label_encoder.expect_len(hparams["n_classes"])
+    return datasets
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    with open(hparams_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    from generate_data import generate_style_data  # beside this script
+
+    run_on_main(
+        generate_style_data,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "seed": hparams["data_seed"],
+            "n_train": hparams["n_train"],
+            "n_valid": hparams["n_valid"],
+            "n_test": hparams["n_test"],
+            "min_duration": hparams["min_duration"],
+            "max_duration": hparams["max_duration"],
+            "sample_rate": hparams["sample_rate"],
+        },
+    )
+    datasets = dataio_prepare(hparams)
+    load_pretrained_encoder(hparams, hparams_file, overrides)
+
+    brain = StyleBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        epoch_counter=brain.hparams.epoch_counter,
+        train_set=datasets["train"],
+        valid_set=datasets["valid"],
+        train_loader_kwargs=hparams["dataloader_options"],
+        valid_loader_kwargs=hparams["test_dataloader_options"],
+    )
+    brain.evaluate(
+        test_set=datasets["test"],
+        min_key="error_rate",
+        test_loader_kwargs=hparams["test_dataloader_options"],
+    )
