@@ -1,32 +1,614 @@
-"""The ``slap`` command.
+"""The ``slap`` command: embed, classify, search and caption audio with a SLAP model folder.
 
-``slap demo`` writes a few generated clips of different durations to WAV
-files, reads them back and encodes them with a SLAP model built from an
-hparams file, packed in one batch, then checks that each clip gives the same
-embedding when encoded alone.
+Subcommands (``slap SUBCOMMAND --help`` lists every option)::
+
+    slap embed    --model M FILE... -o emb.npy         embeddings + emb.json (row order)
+    slap classify --model M FILE... --labels "dog barking,rain"   zero-shot top-k labels
+    slap index    --model M DIR -o index.npz           embed every audio file under DIR
+    slap search   --model M index.npz "a dog barks" -k 5           text -> audio search
+    slap caption  --model M FILE... --beam-size 4      captions
+    slap export   RECIPE_OUTPUT MODEL_FOLDER           recipe checkpoint -> model folder
+    slap shards   MANIFEST OUT_DIR                     WebDataset shards for training
+    slap demo                                          packed encoding of generated clips
+
+Model commands share ``--model FOLDER`` (a folder written by ``slap export``;
+its SHA-256 sums are checked before anything is loaded), ``--device cpu|cuda[:i]``,
+``--batch-seconds`` (seconds of audio loaded and encoded per forward: the
+memory bound), ``--json`` (one JSON document on stdout instead of the human
+output) and ``--quiet`` (no progress bar). Progress bars, warnings and errors
+go to stderr. Files are read in batches of about ``--batch-seconds`` of audio
+and each batch is encoded with one packed forward.
+
+Bad inputs. Each input file that cannot be used (missing, not a file,
+undecodable, empty, NaN/Inf samples) raises
+``speechbrain_slap.data.audio.AudioLoadError``; the command prints
+``slap CMD: error: FILE: REASON`` on stderr, lists the file under ``failed``
+in its output, and goes on with the other files. A model folder that cannot be
+used raises ``speechbrain_slap.export.ModelFolderError`` and a bad argument
+``CommandError``; both stop the command before any file is processed.
+
+Exit codes:
+
+* 0: every input was processed;
+* 1: some inputs failed (each named on stderr); the others were processed and
+  their results written (no output file is written when none succeeded);
+* 2: usage error, bad argument or unusable model folder: nothing was processed;
+* 130: interrupted (Ctrl-C).
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
 import argparse
+import importlib
 import json
+import logging
 import math
+import os
+import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import torch
+from tqdm import tqdm
 
+from speechbrain_slap.data.audio import AudioLoadError
+from speechbrain_slap.export import (
+    SUMS_FILE,
+    ModelFolderError,
+    export_model,
+    sha256sum,
+    verify_checksums,
+)
+from speechbrain_slap.inference import DEFAULT_TEMPLATE, SLAP
 from speechbrain_slap.lobes.features import pad_waveforms
 from speechbrain_slap.lobes.packing import num_tokens_for_duration
 
 REPO_HPARAMS = Path(__file__).resolve().parents[1] / "hparams"
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# What ``slap index`` looks for (case-insensitive): the formats libsndfile decodes.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
+INDEX_FORMAT = "slap-index/1"
+
+
+class CommandError(ValueError):
+    """An argument a ``slap`` subcommand cannot use (exit code 2); the message says why.
+
+    Example
+    -------
+    >>> str(CommandError("--labels: no label given"))
+    '--labels: no label given'
+    """
+
+
+# ------------------------------------------------------------------------- argument types
+
+
+def device_name(text: str) -> str:
+    """Checks a ``--device`` value: ``cpu``, ``cuda`` or ``cuda:<index>``.
+
+    Arguments
+    ---------
+    text : str
+        The value given.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> device_name("cuda:1")
+    'cuda:1'
+    """
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:<index>, got {text!r}")
+    return text
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0.
+
+    Example
+    -------
+    >>> positive_float("2.5")
+    2.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1.
+
+    Example
+    -------
+    >>> positive_int("4")
+    4
+    """
+    if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def parse_labels(labels: str | None, labels_file: str | None) -> list[str]:
+    """Class names from ``--labels "a,b,c"`` or ``--labels-file`` (one per line).
+
+    Arguments
+    ---------
+    labels : str, optional
+        Comma-separated class names.
+    labels_file : str, optional
+        UTF-8 text file, one class name per line (blank lines ignored); use it
+        for names that contain commas.
+
+    Returns
+    -------
+    list of str
+        Stripped, non-empty, distinct names in the order given.
+
+    Example
+    -------
+    >>> parse_labels("dog barking, rain,siren", None)
+    ['dog barking', 'rain', 'siren']
+    """
+    if labels_file is not None:
+        try:
+            text = Path(labels_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise CommandError(f"--labels-file {labels_file}: cannot read ({error})") from None
+        names, source = text.splitlines(), f"--labels-file {labels_file}"
+    else:
+        names, source = (labels or "").split(","), "--labels"
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
+        raise CommandError(f"{source}: no class name given")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CommandError(f"{source}: repeated class names {repeated}")
+    return names
+
+
+def check_templates(templates: Sequence[str]) -> list[str]:
+    """Checks prompt templates: each has a ``{label}`` field and no other field.
+
+    Example
+    -------
+    >>> check_templates(["a sound of {label}", "{label} can be heard"])
+    ['a sound of {label}', '{label} can be heard']
+    """
+    for template in templates:
+        try:
+            ok = "{label}" in template and template.format(label="x") is not None
+        except (KeyError, IndexError, ValueError):
+            ok = False
+        if not ok:
+            raise CommandError(
+                f"--template {template!r}: expected one {{label}} field and no other braces"
+            )
+    return list(templates)
+
+
+def find_audio_files(root: str | Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Audio files under ``root`` (recursive), by extension, sorted.
+
+    Arguments
+    ---------
+    root : str or Path
+        Folder to search.
+    extensions : sequence of str
+        File name endings, e.g. ``.wav`` (compared case-insensitively).
+
+    Returns
+    -------
+    list of Path
+        Paths relative to ``root``, in sorted order.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "b").mkdir()
+    >>> for name in ["b/x.FLAC", "a.wav", "notes.txt"]:
+    ...     _ = (root / name).write_bytes(b"")
+    >>> [p.as_posix() for p in find_audio_files(root)]
+    ['a.wav', 'b/x.FLAC']
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CommandError(f"{root}: not a folder")
+    wanted = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    found = [p for p in root.rglob("*") if p.name.lower().endswith(wanted) and p.is_file()]
+    return sorted(p.relative_to(root) for p in found)
+
+
+# ------------------------------------------------------------------------------ model and files
+
+
+def model_digest(model_folder: str | Path) -> str:
+    """SHA-256 of a model folder's ``SHA256SUMS``: one digest for all its weights.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "SHA256SUMS").write_text("")
+    >>> model_digest(folder)[:12]
+    'e3b0c44298fc'
+    """
+    return sha256sum(Path(model_folder) / SUMS_FILE)
+
+
+def open_model(args: argparse.Namespace):
+    """``SLAP.from_hparams`` of ``--model`` on ``--device`` (checksums verified).
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        ``model``, ``device``, ``batch_seconds``, ``trust_remote_code`` and ``quiet``.
+
+    Returns
+    -------
+    SLAP
+
+    Raises
+    ------
+    ModelFolderError
+        The folder is missing, fails its SHA-256 check or cannot be built.
+    CommandError
+        The CUDA device does not exist.
+    """
+    if args.device.startswith("cuda"):
+        index = int(args.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise CommandError(f"--device {args.device}: no such CUDA device")
+    if not progress_enabled(args):
+        # transformers draws its own bar while it loads the text encoder
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        return SLAP.from_hparams(
+            source=args.model,
+            run_opts={"device": args.device},
+            batch_seconds=args.batch_seconds,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except ModelFolderError:
+        raise
+    except Exception as error:  # anything the folder's yaml or weights can raise
+        message = str(error)
+        if not message.startswith(str(args.model)):  # else it already names the folder
+            message = (
+                f"{args.model}: cannot load this model folder ({type(error).__name__}: {error})"
+            )
+        raise ModelFolderError(message) from error
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Progress bars unless ``--quiet`` or stderr is not a terminal."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def report_failure(command: str, error: AudioLoadError, failed: list[dict]) -> None:
+    """Prints ``slap CMD: error: FILE: REASON`` on stderr and records the failure."""
+    tqdm.write(f"slap {command}: error: {error}", file=sys.stderr)
+    failed.append({"file": error.source, "error": error.reason})
+
+
+def for_each_batch(
+    model,
+    files: Sequence[str | Path],
+    work: Callable[[list[str], list[torch.Tensor]], None],
+    args: argparse.Namespace,
+) -> list[dict]:
+    """Reads ``files`` in batches of about ``--batch-seconds`` of audio; ``work`` each batch.
+
+    A batch closes before it would exceed the budget, so at most the budget
+    plus one file is in memory (a file longer than the budget is a batch of
+    its own). Files that raise ``AudioLoadError`` are reported and skipped.
+
+    Arguments
+    ---------
+    model : SLAP
+        Gives ``load_audio``.
+    files : sequence of str or Path
+        Inputs, processed in this order.
+    work : callable
+        ``work(names, waveforms)`` for each batch of successfully read files.
+    args : argparse.Namespace
+        ``command``, ``batch_seconds`` and ``quiet``.
+
+    Returns
+    -------
+    list of dict
+        ``{"file", "error"}`` of each file that failed.
+    """
+    failed, names, waves, used = [], [], [], 0
+    budget = args.batch_seconds * model.sample_rate
+    bar = tqdm(total=len(files), unit="file", file=sys.stderr, disable=not progress_enabled(args))
+    with bar:
+        for path in files:
+            try:
+                wav = model.load_audio(path)
+            except AudioLoadError as error:
+                report_failure(args.command, error, failed)
+                bar.update(1)
+                continue
+            if waves and used + wav.numel() > budget:
+                work(names, waves)
+                bar.update(len(names))
+                names, waves, used = [], [], 0
+            names.append(str(path))
+            waves.append(wav)
+            used += wav.numel()
+        if waves:
+            work(names, waves)
+            bar.update(len(names))
+    return failed
+
+
+def write_atomic(path: Path, write: Callable) -> None:
+    """Writes ``path`` through a temporary file and a rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fout:
+        write(fout)
+    os.replace(tmp, path)
+
+
+def exit_code(failed: list) -> int:
+    """0 if nothing failed, 1 otherwise."""
+    return EXIT_INPUT_FAILED if failed else EXIT_OK
+
+
+def emit(args: argparse.Namespace, document: dict, lines: Sequence[str]) -> None:
+    """Prints ``document`` as JSON (``--json``) or the human ``lines``."""
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        for line in lines:
+            print(line)
+
+
+# ------------------------------------------------------------------------------ subcommands
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``slap embed``: one embedding row per readable file, in argument order."""
+    output = Path(args.output)
+    sidecar = output.with_suffix(".json")
+    if sidecar == output:
+        raise CommandError(f"-o {output}: the row list goes to {sidecar}; name the array .npy")
+    model = open_model(args)
+    rows, names = [], []
+
+    def work(batch_names, waves):
+        rows.append(model.encode_waveforms(waves))
+        names.extend(batch_names)
+
+    failed = for_each_batch(model, args.files, work, args)
+    document = {
+        "embeddings": str(output) if rows else None,
+        "files": names,
+        "failed": failed,
+        "model": str(args.model),
+        "model_digest": model_digest(args.model),
+    }
+    if rows:
+        embeddings = torch.cat(rows).numpy().astype(np.float32)
+        document["embedding_dim"] = int(embeddings.shape[1])
+        write_atomic(output, lambda fout: np.save(fout, embeddings, allow_pickle=False))
+        text = (json.dumps(document, indent=2) + "\n").encode()
+        write_atomic(sidecar, lambda fout: fout.write(text))
+        summary = f"{len(names)} embeddings -> {output} (row order in {sidecar})"
+    else:
+        summary = f"no file could be read; {output} not written"
+    emit(args, document, [summary + (f"; {len(failed)} failed" if failed else "")])
+    return exit_code(failed)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """``slap classify``: zero-shot top-k classes of each file (prompt ensemble)."""
+    labels = parse_labels(args.labels, args.labels_file)
+    templates = check_templates(args.template or [DEFAULT_TEMPLATE])
+    top_k = min(args.top_k, len(labels))
+    model = open_model(args)
+    classes = model.label_embeddings(labels, templates)
+    results = []
+
+    def work(batch_names, waves):
+        scores = model.scores_from_embeddings(model.encode_waveforms(waves), classes)
+        for name, row in zip(batch_names, scores, strict=True):
+            best, index = row.topk(top_k)
+            top = [
+                {"label": labels[i], "score": float(s), "probability": math.exp(float(s))}
+                for s, i in zip(best.tolist(), index.tolist(), strict=True)
+            ]
+            results.append(dict(file=name, label=top[0]["label"], top_k=top, scores=row.tolist()))
+
+    failed = for_each_batch(model, args.files, work, args)
+    document = {"labels": labels, "templates": templates, "results": results, "failed": failed}
+    lines = [
+        f"{r['file']}: " + ", ".join(f"{t['label']} ({t['probability']:.3f})" for t in r["top_k"])
+        for r in results
+    ]
+    emit(args, document, lines)
+    return exit_code(failed)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """``slap index``: embeds every audio file under a folder into one ``.npz`` index."""
+    root = Path(args.folder)
+    extensions = [e.strip() for e in args.extensions.split(",") if e.strip()]
+    relative = find_audio_files(root, extensions)
+    if not relative:
+        raise CommandError(f"{root}: no audio file ({', '.join(extensions)}) found")
+    output = Path(args.output)
+    model = open_model(args)
+    rows, paths = [], []
+
+    def work(batch_names, waves):
+        rows.append(model.encode_waveforms(waves))
+        paths.extend(Path(name).relative_to(root).as_posix() for name in batch_names)
+
+    failed = for_each_batch(model, [root / p for p in relative], work, args)
+    meta = {
+        "format": INDEX_FORMAT,
+        "root": str(root.resolve()),
+        "model": str(Path(args.model).resolve()),
+        "model_digest": model_digest(args.model),
+        "failed": failed,
+    }
+    if rows:
+        embeddings = torch.cat(rows).numpy().astype(np.float32)
+        meta["embedding_dim"] = int(embeddings.shape[1])
+        write_atomic(output, lambda fout: save_index(fout, embeddings, paths, meta))
+        summary = f"{len(paths)} files indexed -> {output}"
+    else:
+        summary = f"no file could be read; {output} not written"
+    document = {"index": str(output) if rows else None, "files": paths, **meta}
+    emit(args, document, [summary + (f"; {len(failed)} failed" if failed else "")])
+    return exit_code(failed)
+
+
+def save_index(fout, embeddings: np.ndarray, paths: Sequence[str], meta: dict) -> None:
+    """Writes an index: ``embeddings`` (N, D) float32, ``paths`` (N,) and ``meta`` (JSON).
+
+    Only numeric and unicode arrays: ``np.load(..., allow_pickle=False)`` reads it.
+
+    Example
+    -------
+    >>> import io
+    >>> buffer = io.BytesIO()
+    >>> save_index(buffer, np.zeros((1, 4), np.float32), ["a.wav"], {"format": INDEX_FORMAT})
+    >>> _ = buffer.seek(0)
+    >>> load_index(buffer)[1]
+    ['a.wav']
+    """
+    np.savez(
+        fout,
+        embeddings=embeddings,
+        paths=np.array(list(paths), dtype=np.str_),
+        meta=np.array(json.dumps(meta)),
+    )
+
+
+def load_index(source) -> tuple[np.ndarray, list[str], dict]:
+    """Reads what ``save_index`` wrote (no pickle); ``CommandError`` if it is not an index.
+
+    Returns
+    -------
+    embeddings : np.ndarray
+        ``(N, D)`` float32.
+    paths : list of str
+        Paths relative to ``meta["root"]``.
+    meta : dict
+    """
+    name = getattr(source, "name", source)
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            embeddings, paths = data["embeddings"], data["paths"].tolist()
+            meta = json.loads(str(data["meta"]))
+    except (OSError, ValueError, KeyError) as error:
+        raise CommandError(f"{name}: not a slap index ({type(error).__name__}: {error})") from None
+    if meta.get("format") != INDEX_FORMAT or embeddings.shape[:1] != (len(paths),):
+        raise CommandError(f"{name}: not a {INDEX_FORMAT} index")
+    return embeddings, paths, meta
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``slap search``: the ``k`` indexed files closest to each text query."""
+    embeddings, paths, meta = load_index(args.index)
+    model = open_model(args)
+    digest = model_digest(args.model)
+    if meta.get("model_digest") != digest:
+        tqdm.write(
+            f"slap search: warning: {args.index} was built with another model "
+            f"({meta.get('model')}, SHA256SUMS digest {meta.get('model_digest')}); "
+            f"--model {args.model} has digest {digest}: the scores may be meaningless",
+            file=sys.stderr,
+        )
+    try:
+        scores, indices = model.retrieve(list(args.queries), torch.from_numpy(embeddings), args.k)
+    except ValueError as error:  # e.g. another embedding dimension, an empty query
+        raise CommandError(f"{args.index}: {error}") from None
+    results, lines, root = [], [], Path(meta.get("root", ""))
+    for query, row_scores, row_indices in zip(args.queries, scores, indices, strict=True):
+        matches = [
+            {"path": paths[i], "score": float(s)}
+            for s, i in zip(row_scores.tolist(), row_indices.tolist(), strict=True)
+        ]
+        results.append({"query": query, "matches": matches})
+        lines.append(query)
+        lines += [
+            f"  {rank}. {m['score']:.4f}  {root / m['path']}"
+            for rank, m in enumerate(matches, start=1)
+        ]
+    emit(args, {"index": str(args.index), "root": meta.get("root"), "results": results}, lines)
+    return EXIT_OK
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """``slap caption``: a caption of each file (beam search)."""
+    model = open_model(args)
+    results = []
+
+    def work(batch_names, waves):
+        captions = model.caption_waveforms(waves, args.beam_size, args.max_length)
+        results.extend(
+            {"file": n, "caption": c} for n, c in zip(batch_names, captions, strict=True)
+        )
+
+    failed = for_each_batch(model, args.files, work, args)
+    emit(
+        args,
+        {"results": results, "failed": failed},
+        [f"{r['file']}: {r['caption']}" for r in results],
+    )
+    return exit_code(failed)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``slap export``: a recipe output's best (or given) checkpoint -> model folder."""
+    folder = export_model(args.recipe_output, args.model_folder, args.checkpoint, args.overwrite)
+    files = sorted(verify_checksums(folder))
+    document = {"model_folder": str(folder), "files": files, "model_digest": model_digest(folder)}
+    emit(args, document, [f"model folder written to {folder} ({len(files)} weight files)"])
+    return EXIT_OK
+
+
+def run_shards(argv: Sequence[str]) -> int:
+    """``slap shards ARGS...``: forwards ``ARGS`` to ``speechbrain_slap.data.shards.main``."""
+    try:
+        shards = importlib.import_module("speechbrain_slap.data.shards")
+    except ModuleNotFoundError as error:
+        if error.name != "speechbrain_slap.data.shards":
+            raise
+        print("slap shards: error: speechbrain_slap.data.shards is not installed", file=sys.stderr)
+        return EXIT_USAGE
+    return shards.main(list(argv))
+
+
+# ------------------------------------------------------------------------------ slap demo
 
 
 def generated_clip(duration: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
-    """A deterministic test sound: a rising chirp, tone bursts and soft noise."""
+    """A deterministic test sound: a rising chirp, tone bursts and soft noise.
+
+    Example
+    -------
+    >>> generated_clip(0.5, seed=0).shape
+    (8000,)
+    """
     rng = np.random.default_rng(seed)
     t = np.arange(int(round(duration * sample_rate))) / sample_rate
     f0, f1 = 200.0 + 300.0 * rng.random(), 1500.0 + 2000.0 * rng.random()
@@ -43,14 +625,14 @@ def load_model(hparams_file: Path, device: str):
     from hyperpyyaml import load_hyperpyyaml
 
     if not hparams_file.is_file():
-        raise FileNotFoundError(f"hparams file not found: {hparams_file}")
+        raise CommandError(f"hparams file not found: {hparams_file}")
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin)
     missing = [
         k for k in ("compute_features", "audio_encoder", "audio_pooling") if k not in hparams
     ]
     if missing:
-        raise KeyError(f"{hparams_file} does not define {', '.join(missing)}")
+        raise CommandError(f"{hparams_file} does not define {', '.join(missing)}")
     modules = [
         hparams[k].to(device).eval() for k in ("compute_features", "audio_encoder", "audio_pooling")
     ]
@@ -66,7 +648,8 @@ def embed(modules, waveforms: list[torch.Tensor], device: str) -> torch.Tensor:
     return pooling(encoder(compute_features(wavs), wav_lens), wav_lens).cpu()
 
 
-def demo(args) -> int:
+def demo(args: argparse.Namespace) -> int:
+    """``slap demo``: packed vs one-at-a-time embeddings of generated clips."""
     torch.manual_seed(args.seed)
     hparams, modules = load_model(Path(args.hparams), args.device)
     sample_rate = hparams.get("sample_rate", 16000)
@@ -75,12 +658,12 @@ def demo(args) -> int:
     waveforms, rows = [], []
     for i, duration in enumerate(args.durations):
         if not 0 < duration:
-            raise ValueError(f"--durations must be positive, got {duration}")
+            raise CommandError(f"--durations must be positive, got {duration}")
         path = out / f"clip_{i}_{duration:g}s.wav"
         soundfile.write(path, generated_clip(duration, args.seed + i, sample_rate), sample_rate)
         audio, rate = soundfile.read(path, dtype="float32")
         if rate != sample_rate:
-            raise ValueError(f"{path}: expected {sample_rate} Hz, read {rate} Hz")
+            raise CommandError(f"{path}: expected {sample_rate} Hz, read {rate} Hz")
         waveforms.append(torch.from_numpy(audio))
         rows.append(
             dict(file=str(path), duration_s=duration, tokens=num_tokens_for_duration(duration))
@@ -101,26 +684,135 @@ def demo(args) -> int:
         packed_vs_alone_max_abs_diff=max_diff,
         embeddings=str(out / "embeddings.npy"),
     )
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"{'file':40s} {'seconds':>8s} {'tokens':>7s} {'|emb|':>8s}")
-        for r in rows:
-            norm = r["embedding_norm"]
-            print(f"{r['file']:40s} {r['duration_s']:8.2f} {r['tokens']:7d} {norm:8.4f}")
-        print(
-            f"{len(rows)} clips packed into {packed_tokens} tokens "
-            f"(padding to 30 s would need {padded_tokens}); embeddings {tuple(packed.shape)} "
-            f"-> {summary['embeddings']}"
-        )
-        print(f"packed batch vs one clip at a time: max abs difference {max_diff:.2e}")
-    return 0 if max_diff <= args.tolerance else 1
+    lines = [f"{'file':40s} {'seconds':>8s} {'tokens':>7s} {'|emb|':>8s}"]
+    lines += [
+        f"{r['file']:40s} {r['duration_s']:8.2f} {r['tokens']:7d} {r['embedding_norm']:8.4f}"
+        for r in rows
+    ]
+    lines += [
+        f"{len(rows)} clips packed into {packed_tokens} tokens "
+        f"(padding to 30 s would need {padded_tokens}); embeddings {tuple(packed.shape)} "
+        f"-> {summary['embeddings']}",
+        f"packed batch vs one clip at a time: max abs difference {max_diff:.2e}",
+    ]
+    emit(args, summary, lines)
+    return EXIT_OK if max_diff <= args.tolerance else EXIT_INPUT_FAILED
+
+
+# ------------------------------------------------------------------------------ parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slap", description="SLAP for SpeechBrain")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="encode generated clips of several durations, packed")
+    """The ``slap`` argument parser (every subcommand).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+
+    Example
+    -------
+    >>> argv = ["search", "--model", "m", "index.npz", "a dog", "-k", "3"]
+    >>> args = build_parser().parse_args(argv)
+    >>> args.queries, args.k, args.device
+    (['a dog'], 3, 'cpu')
+    """
+    parser = argparse.ArgumentParser(
+        prog="slap",
+        description="SLAP for SpeechBrain: embed, classify, search and caption audio.",
+        epilog="Exit codes: 0 ok, 1 some inputs failed (named on stderr; the others were "
+        "processed), 2 usage error or unusable model folder, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+    output.add_argument(
+        "--device", type=device_name, default="cpu", help="cpu (default), cuda or cuda:<index>"
+    )
+    model = argparse.ArgumentParser(add_help=False, parents=[output])
+    model.add_argument(
+        "--model", required=True, metavar="FOLDER", help="SLAP model folder (slap export)"
+    )
+    model.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="load a model folder whose hyperparams.yaml builds or calls code outside the "
+        "allow-list (hyperparams.yaml is executable configuration: trusted sources only)",
+    )
+    model.add_argument(
+        "--batch-seconds",
+        type=positive_float,
+        default=300.0,
+        help="seconds of audio read and encoded per forward; bounds memory (default 300)",
+    )
+    files_help = "audio files (any format libsndfile reads, any rate and channel count)"
+
+    p = sub.add_parser("embed", parents=[model], help="audio embeddings to a .npy file")
+    p.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT.npy",
+        help="(N, D) float32 array, one row per readable file in argument order; "
+        "OUT.json lists the rows' files and the failed files",
+    )
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("classify", parents=[model], help="zero-shot classification")
+    p.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", help='comma-separated class names, "dog barking,rain"')
+    labels.add_argument("--labels-file", help="text file, one class name per line")
+    p.add_argument(
+        "--template",
+        action="append",
+        help=f"prompt with a {{label}} field; repeat for a prompt ensemble "
+        f"(default {DEFAULT_TEMPLATE!r})",
+    )
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per file")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("index", parents=[model], help="embed every audio file under a folder")
+    p.add_argument("folder", metavar="DIR", help="searched recursively")
+    p.add_argument("-o", "--output", required=True, metavar="INDEX.npz", help="index file")
+    p.add_argument(
+        "--extensions",
+        default=",".join(AUDIO_EXTENSIONS),
+        help="comma-separated file endings to index (default %(default)s)",
+    )
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", parents=[model], help="search an index with text queries")
+    p.add_argument("index", metavar="INDEX.npz", help="written by slap index")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="text queries")
+    p.add_argument("-k", type=positive_int, default=5, help="results per query (default 5)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("caption", parents=[model], help="caption audio files")
+    p.add_argument("files", nargs="+", metavar="FILE", help=files_help)
+    p.add_argument("--beam-size", type=positive_int, default=4, help="1 is greedy (default 4)")
+    p.add_argument("--max-length", type=positive_int, default=None, help="most caption tokens")
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("export", parents=[output], help="recipe output -> model folder")
+    p.add_argument("recipe_output", metavar="RECIPE_OUTPUT_FOLDER")
+    p.add_argument("model_folder", metavar="MODEL_FOLDER")
+    p.add_argument("--checkpoint", help="a CKPT+... folder (default: best by mean_R@1)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty MODEL_FOLDER")
+    p.set_defaults(func=cmd_export)
+
+    # Parsed by speechbrain_slap.data.shards; listed here for `slap --help`.
+    sub.add_parser(
+        "shards",
+        add_help=False,
+        help="write WebDataset shards from a manifest (slap shards --help)",
+    )
+
+    p = sub.add_parser(
+        "demo", parents=[output], help="encode generated clips of several durations, packed"
+    )
     p.add_argument(
         "--hparams",
         default=str(REPO_HPARAMS / "slap_tiny.yaml"),
@@ -128,7 +820,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--durations", type=float, nargs="+", default=[1.3, 10.0, 27.5])
     p.add_argument("--output-folder", default="results/demo")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--tolerance",
@@ -136,18 +827,48 @@ def build_parser() -> argparse.ArgumentParser:
         default=1e-5,
         help="largest allowed packed-vs-alone difference (exit 1 above it)",
     )
-    p.add_argument("--json", action="store_true", help="print machine-readable output")
     p.set_defaults(func=demo)
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``slap`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Arguments
+    ---------
+    argv : sequence of str, optional
+        Command-line arguments after ``slap``.
+
+    Returns
+    -------
+    int
+        0 ok, 1 some inputs failed, 2 usage or model folder error, 130 interrupted.
+
+    Example
+    -------
+    >>> main(["classify", "--model", "no/such/folder", "a.wav", "--labels", " , "])
+    2
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["shards"]:
+            return run_shards(argv[1:])
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage error (2) or --help (0); return, don't exit
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if not logging.getLogger().handlers:
+        # Warnings and errors of the libraries on stderr; their INFO chatter is not for users.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        logging.basicConfig(handlers=[handler], format="%(name)s: %(levelname)s: %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"slap {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (CommandError, ModelFolderError) as error:
+        print(f"slap {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"slap {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -386,9 +386,7 @@ def _references(node) -> list[str]:
 def _plain_value(config: dict, key: str, depth: int = 0):
     """A scalar of a round-trip-loaded yaml, with simple ``!ref <a>/b`` strings resolved."""
     value = config.get(key)
-    if isinstance(value, bool | int | float) or (isinstance(value, str) and depth > 0):
-        return value
-    if isinstance(value, str):
+    if isinstance(value, bool | int | float | str):
         return value
     text = getattr(value, "value", None)
     if getattr(value, "tag", None) is None or not isinstance(text, str) or depth > 8:

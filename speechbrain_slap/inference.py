@@ -443,6 +443,8 @@ class SLAP(Pretrained):
         clips = [
             check_waveform(torch.as_tensor(c).cpu(), f"waveform {i}") for i, c in enumerate(clips)
         ]
+        if not clips:
+            raise ValueError("no audio to caption")
         windows, owner = self._windows(clips)
         per_window = []
         for tokens, packed in self._encode_windows(windows):
