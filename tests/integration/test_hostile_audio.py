@@ -20,12 +20,12 @@ from speechbrain_slap.inference import SLAP
 RATE = 16000
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module")
 def model(slap_model_folder):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield SLAP.from_hparams(source=str(slap_model_folder))
-    torch.set_num_threads(threads)
+    return SLAP.from_hparams(source=str(slap_model_folder))
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
