@@ -11,7 +11,10 @@
 # and the data pipeline on this machine's CPU workers, against the measured
 # training rate. Results go to $OUT (default /tmp/gpu_check); the tables print
 # last, with the seconds each part took. The timeouts add up to 570 s.
+# PARTS selects parts (default all): eager tests compiled train_step inference data_pipeline.
 set -uo pipefail
+PARTS=" ${PARTS:-eager tests compiled train_step inference data_pipeline} "
+want() { [[ $PARTS == *" $1 "* ]]; }
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -30,6 +33,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 bench() {
     local name=$1 limit=$2 start=$SECONDS
     shift 2
+    want "$name" || return 0
     echo "== $name"
     timeout "$limit" python3 "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>"$OUT/$name.log" \
         || echo "$name failed or timed out (see $name.log)" | tee -a "$OUT/$name.txt"
@@ -38,11 +42,13 @@ bench() {
 
 bench eager 75 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16
 
-echo "== GPU tests"
-start=$SECONDS
-timeout 100 python3 -m pytest -q -m gpu tests -o addopts="" -p no:cacheprovider 2>&1 \
-    | tee "$OUT/gpu_tests.txt" | tail -30
-echo "gpu_tests: $((SECONDS - start)) s" >>"$OUT/seconds.txt"
+if want tests; then
+    echo "== GPU tests"
+    start=$SECONDS
+    timeout 100 python3 -m pytest -q -m gpu tests -o addopts="" -p no:cacheprovider 2>&1 \
+        | tee "$OUT/gpu_tests.txt" | tail -30
+    echo "gpu_tests: $((SECONDS - start)) s" >>"$OUT/seconds.txt"
+fi
 
 bench compiled 110 benchmarks/encoder_throughput.py --size base --device cuda --dtype bf16 --compile
 bench train_step 150 benchmarks/train_step_throughput.py --size base --device cuda --dtype bf16 \
@@ -61,8 +67,9 @@ bench data_pipeline 45 benchmarks/data_pipeline_throughput.py --audio-seconds 60
 echo
 echo "== summary"
 cat "$OUT/seconds.txt"
-tail -1 "$OUT/gpu_tests.txt"
+tail -1 "$OUT/gpu_tests.txt" 2>/dev/null
 for name in eager compiled train_step inference data_pipeline; do
+    want "$name" || continue
     echo "-- $name"
     cat "$OUT/$name.txt" 2>/dev/null
 done
