@@ -8,19 +8,23 @@ truncated files. ``AtomicCheckpointer`` writes every file into a hidden
 into place only once all ranks have written their files. A rename is atomic on
 one filesystem, so a checkpoint folder is either complete or absent. Old
 checkpoints are removed only after the new one is in place (SpeechBrain's
-``save_and_keep_only`` order); leftover partial folders are removed at the
-next start.
+``save_and_keep_only`` order), and each is first renamed to a hidden
+``.stale-CKPT+<stamp>`` folder, so a kill during the removal cannot leave a
+half-deleted folder that still looks like a checkpoint; leftover partial and
+stale folders are removed at the next start.
 
 ``RandomState`` is a recoverable holding the torch, Python and NumPy random
 generators. With it in the checkpoint, a run resumed from an intra-epoch
 checkpoint draws the same crops, captions, masks and augmentations as the run
 that was never interrupted, so (on CPU, fixed seed) it reaches the same
-parameters.
+parameters. Under DDP each rank's generators are kept (ranks draw different
+masks), gathered into the one file the main process writes.
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
+import functools
 import logging
 import os
 import random
@@ -32,11 +36,17 @@ import torch
 from speechbrain.utils.checkpoints import (
     Checkpoint,
     Checkpointer,
+    ckpt_recency,
     mark_as_loader,
     mark_as_saver,
     register_checkpoint_hooks,
 )
-from speechbrain.utils.distributed import ddp_barrier, ddp_broadcast, if_main_process
+from speechbrain.utils.distributed import (
+    ddp_barrier,
+    ddp_broadcast,
+    if_main_process,
+    is_distributed_initialized,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +128,45 @@ class AtomicCheckpointer(Checkpointer):
             final, saved.meta, {k: final / p.name for k, p in saved.paramfiles.items()}
         )
 
+    def delete_checkpoints(
+        self,
+        *,
+        num_to_keep=1,
+        min_keys=None,
+        max_keys=None,
+        importance_keys=None,
+        ckpt_predicate=None,
+        verbosity=logging.INFO,
+    ):
+        """``Checkpointer.delete_checkpoints``, each removal a rename then a delete.
+
+        Arguments as ``Checkpointer.delete_checkpoints`` (the default
+        ``importance_keys`` keeps the newest).
+        """
+        if num_to_keep < 0:
+            raise ValueError("Number of checkpoints to keep must be positive.")
+        keys = [{"min_key": key} for key in min_keys or []]
+        keys += [{"max_key": key} for key in max_keys or []]
+        if importance_keys is None:
+            importance_keys = [ckpt_recency]
+        keys += [{"importance_key": key} for key in importance_keys]
+        candidates, protected = set(), set()
+        for key in keys:
+            candidates.update(self.find_checkpoints(ckpt_predicate=ckpt_predicate, **key))
+            protected.update(
+                self.find_checkpoints(
+                    max_num_checkpoints=num_to_keep, ckpt_predicate=ckpt_predicate, **key
+                )
+            )
+        ddp_barrier()  # no rank may be saving while the main process deletes
+        if if_main_process():
+            for checkpoint in candidates - protected:
+                stale = checkpoint.path.with_name(STALE_PREFIX + checkpoint.path.name)
+                os.replace(checkpoint.path, stale)  # gone from the list at once
+                shutil.rmtree(stale)
+                logger.log(verbosity, "Deleted checkpoint in %s", checkpoint.path)
+        ddp_barrier()
+
     def remove_partial_checkpoints(self) -> list[Path]:
         """Deletes folders left by a save that was interrupted; returns them (main rank)."""
         removed = []
@@ -136,9 +185,42 @@ class AtomicCheckpointer(Checkpointer):
         return super().recover_if_possible(*args, **kwargs)
 
 
-@register_checkpoint_hooks
+def _generator_states() -> dict:
+    """This process's generators as tensors and plain Python values (``weights_only``)."""
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def _set_generator_states(state: dict):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if is_distributed_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@functools.partial(register_checkpoint_hooks, save_on_main_only=False)
 class RandomState:
     """The torch (CPU and CUDA), Python and NumPy random generators, as a recoverable.
+
+    The saver runs on every rank (it gathers the ranks' states; the main
+    process writes them); each rank restores its own. A checkpoint written by
+    a different number of ranks restores rank ``r``'s state on rank ``r`` and
+    leaves the others' generators as they are, with a warning.
 
     Example
     -------
@@ -154,28 +236,29 @@ class RandomState:
 
     @mark_as_saver
     def save(self, path):
-        """Writes the generators' states (tensors and plain Python values only)."""
-        version, state, gauss = random.getstate()
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        torch.save(
-            {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": [version, list(state), gauss],
-                "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            },
-            path,
-        )
+        """Writes every rank's generator states (tensors and plain Python values only)."""
+        rank, world_size = _rank_and_world()
+        states = [_generator_states()]
+        if world_size > 1:
+            states = [None] * world_size
+            torch.distributed.all_gather_object(states, _generator_states())
+        if rank == 0:
+            torch.save({"ranks": states}, path)
 
     @mark_as_loader
     def load(self, path, end_of_epoch=False):
-        """Restores the generators (``weights_only`` loading)."""
+        """Restores this rank's generators (``weights_only`` loading)."""
         del end_of_epoch
-        state = torch.load(path, weights_only=True)
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        version, values, gauss = state["python"]
-        random.setstate((version, tuple(values), gauss))
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        saved = torch.load(path, weights_only=True)
+        states = saved["ranks"] if "ranks" in saved else [saved]  # one-process format
+        rank, world_size = _rank_and_world()
+        if len(states) != world_size:
+            logger.warning(
+                "%s holds the random state of %d ranks, this run has %d: the resumed run "
+                "will not draw what the interrupted one would have",
+                path,
+                len(states),
+                world_size,
+            )
+        if rank < len(states):
+            _set_generator_states(states[rank])

@@ -21,8 +21,8 @@ recipes share:
 * fine-tuning from a model folder: initialisation (``load_pretrained``, every
   module through SpeechBrain's ``Pretrainer`` with strict state-dict loading,
   and the folder's caption tokenizer instead of a newly trained one) and the
-  training loop (``fit_and_test``, ``SLAPBrain`` with validation, test and
-  best-checkpoint selection).
+  training loop (``fit_and_test``: a ``SLAPBrain`` fitted with validation,
+  then tested with its best checkpoint).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -797,66 +797,56 @@ def load_pretrained(
     return tokenizer
 
 
-def fit_and_test(hparams: dict, run_opts: dict, datasets: dict, make_sampler):
+def fit_and_test(brain, hparams: dict, datasets: dict):
     """Trains a ``SLAPBrain`` and tests its best checkpoint: the recipes' training loop.
 
-    The schedules (learning rate, EMA momentum) span the run's optimizer
-    steps (per rank under DDP); retrieval on ``datasets["valid"]`` after each epoch keeps the
-    checkpoint with the best mean R@1, which is then evaluated on
-    ``datasets["test"]`` (``test_results.json`` in the output folder).
+    The schedules (learning rate, EMA momentum) are set to span the run's
+    optimizer steps (per rank under DDP); retrieval on ``datasets["valid"]``
+    after each epoch keeps the checkpoint with the best mean R@1, which is then
+    evaluated on ``datasets["test"]`` (``test_results.json`` in the output
+    folder). Batches are ``speechbrain_slap.data.manifest.loader_kwargs``'s:
+    duration batches from which unreadable clips are dropped and counted.
 
     Arguments
     ---------
+    brain : speechbrain_slap.brain.SLAPBrain
+        The Brain, built from ``hparams``.
     hparams : dict
-        The loaded recipe yaml (``SLAPBrain``'s keys, ``modules``,
-        ``opt_class``, ``checkpointer``, ``lr_schedule``, ``teacher``,
-        ``epoch_counter``, ``number_of_epochs``, ``grad_accumulation_factor``,
-        ``num_workers``).
-    run_opts : dict
-        SpeechBrain's run options.
+        The loaded recipe yaml (``SLAPBrain``'s keys, ``lr_schedule``,
+        ``teacher``, ``epoch_counter``, ``number_of_epochs``,
+        ``grad_accumulation_factor`` and ``loader_kwargs``'s keys).
     datasets : dict
-        ``train``, ``valid`` and ``test`` datasets (``dataio_prepare`` of the
-        pretraining recipe).
-    make_sampler : callable
-        ``make_sampler(dataset, hparams, shuffle)`` -> batch sampler (the
-        pretraining recipe's duration batches).
+        ``train``, ``valid`` and ``test`` datasets
+        (``speechbrain_slap.data.manifest.dataio_prepare``).
 
     Returns
     -------
     speechbrain_slap.brain.SLAPBrain
         The trained Brain (its ``checkpointer`` holds the best checkpoint).
     """
-    from speechbrain_slap.brain import SLAPBrain
+    from speechbrain_slap.data.manifest import loader_kwargs
 
-    train_sampler = make_sampler(datasets["train"], hparams, shuffle=True)
+    train_kwargs = loader_kwargs(datasets["train"], hparams, train=True)
     # Under DDP every rank trains on its share of the sampler's batches.
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world_size = torch.distributed.get_world_size() if distributed else 1
-    batches_per_epoch = math.ceil(len(train_sampler) / world_size)
+    batches_per_epoch = math.ceil(len(train_kwargs["batch_sampler"]) / world_size)
     steps = batches_per_epoch * hparams["number_of_epochs"] // hparams["grad_accumulation_factor"]
     hparams["lr_schedule"].total_steps = max(steps, 1)
     hparams["teacher"].total_steps = max(steps, 1)
-
-    brain = SLAPBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-
-    def loader_kwargs(split, sampler=None):
-        sampler = sampler or make_sampler(datasets[split], hparams, shuffle=False)
-        return {"batch_sampler": sampler, "num_workers": hparams["num_workers"]}
 
     brain.fit(
         hparams["epoch_counter"],
         datasets["train"],
         datasets["valid"],
-        train_loader_kwargs=loader_kwargs("train", train_sampler),
-        valid_loader_kwargs=loader_kwargs("valid"),
+        train_loader_kwargs=train_kwargs,
+        valid_loader_kwargs=loader_kwargs(datasets["valid"], hparams, train=False),
     )
-    brain.evaluate(datasets["test"], max_key="mean_R@1", test_loader_kwargs=loader_kwargs("test"))
+    brain.evaluate(
+        datasets["test"],
+        max_key="mean_R@1",
+        test_loader_kwargs=loader_kwargs(datasets["test"], hparams, train=False),
+    )
     return brain
 
 

@@ -19,6 +19,14 @@ Training can stream WebDataset shards (``slap shards``) instead of reading the
 train manifest's files (``--train_shards=/data/shards``; valid and test stay
 manifests), and runs on several GPUs or nodes under ``torchrun`` (README.md).
 
+Bad data does not stop a run: manifest rows and audio files that cannot be
+used are skipped, named in the log and counted per epoch
+(``speechbrain_slap.data.manifest``; rejected rows in
+``<output_folder>/<split>_rejected.csv``), and optimizer steps with a
+non-finite loss are skipped (``SLAPBrain``). A killed run, started again with
+the same command, resumes from its newest complete checkpoint (also from
+within an epoch: ``ckpt_interval_minutes`` in ``pretrain_base.yaml``).
+
 Authors
  * speechbrain-slap contributors 2026
 """
@@ -26,24 +34,20 @@ Authors
 import csv
 import logging
 import math
-import random
 import sys
 import time
 from pathlib import Path
 
-import soundfile
 import speechbrain as sb
 import torch
-import torchaudio
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_slap.brain import SLAPBrain
 from speechbrain_slap.data import split_captions
+from speechbrain_slap.data.manifest import dataio_prepare, loader_kwargs, validate_manifest
 from speechbrain_slap.data.stream import ShardStream, StreamLoader
-from speechbrain_slap.lobes.caption_decoder import encode_captions, train_caption_tokenizer
+from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -77,87 +81,21 @@ def prepare_corpus(hparams):
 
 
 def prepare_tokenizer(hparams):
-    """Trains SentencePiece on every training caption, one per row."""
+    """Trains SentencePiece on every caption of the usable training rows, one per row.
+
+    Rows that training leaves out (``validate_manifest``) are left out here too.
+    """
     folder = Path(hparams["tokenizer_folder"])
     folder.mkdir(parents=True, exist_ok=True)
     captions_csv = folder / "train_captions.csv"
     if not captions_csv.exists():
-        with open(hparams["train_csv"], newline="") as fin:
-            rows = [split_captions(row["captions"]) for row in csv.DictReader(fin)]
-        with open(captions_csv, "w", newline="") as fout:
+        manifest, _ = validate_manifest(hparams["train_csv"], hparams["data_folder"])
+        rows = [split_captions(row["captions"]) for row in manifest.values()]
+        with open(captions_csv, "w", newline="", encoding="utf-8") as fout:
             writer = csv.writer(fout)
             writer.writerow(["ID", "caption"])
             writer.writerows((i, c) for i, caps in enumerate(rows) for c in caps)
     return train_caption_tokenizer(captions_csv, folder, hparams["vocab_size"], "caption")
-
-
-def dataio_prepare(hparams, tokenizer):
-    """Audio, caption and label pipelines for the train/valid/test manifests.
-
-    With ``train_shards`` set, training streams shards (``stream_prepare``)
-    and only the valid and test manifests are loaded.
-    """
-    sample_rate = hparams["sample_rate"]
-    max_samples = int(hparams["max_duration"] * sample_rate)
-    labels = list(hparams.get("zeroshot_labels") or [])
-
-    def load(wav, train):
-        audio, rate = soundfile.read(wav, dtype="float32", always_2d=True)
-        sig = torch.from_numpy(audio).mean(dim=1)  # mix to mono
-        if rate != sample_rate:
-            sig = torchaudio.functional.resample(sig, rate, sample_rate)
-        if sig.numel() > max_samples:  # training crops at a random offset
-            start = random.randint(0, sig.numel() - max_samples) if train else 0
-            sig = sig[start : start + max_samples]
-        return sig
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def train_audio(wav):
-        return load(wav, train=True)
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def eval_audio(wav):
-        return load(wav, train=False)
-
-    def text_pipeline(train):
-        @sb.utils.data_pipeline.takes("captions")
-        @sb.utils.data_pipeline.provides("caption", "tokens_in", "tokens_out")
-        def pipeline(captions):
-            captions = split_captions(captions)
-            caption = random.choice(captions) if train else captions[0]
-            yield caption
-            tokens_in, tokens_out = encode_captions(
-                tokenizer.sp, [caption], hparams["max_caption_tokens"]
-            )
-            yield tokens_in[0]
-            yield tokens_out[0]
-
-        return pipeline
-
-    @sb.utils.data_pipeline.takes("sound_type")
-    @sb.utils.data_pipeline.provides("label")
-    def label_pipeline(sound_type):
-        return torch.tensor([labels.index(sound_type) if sound_type in labels else -1])
-
-    datasets = {}
-    keys = ["id", "sig", "captions", "caption", "tokens_in", "tokens_out"]
-    splits = ("valid", "test") if hparams.get("train_shards") else ("train", "valid", "test")
-    for split in splits:
-        train = split == "train"
-        dataset = DynamicItemDataset.from_csv(
-            hparams[f"{split}_csv"], replacements={"data_root": hparams["data_folder"]}
-        )
-        dataset.add_dynamic_item(train_audio if train else eval_audio)
-        dataset.add_dynamic_item(text_pipeline(train))
-        split_keys = list(keys)
-        if labels and not train:
-            dataset.add_dynamic_item(label_pipeline)
-            split_keys.append("label")
-        dataset.set_output_keys(split_keys)
-        datasets[split] = dataset
-    return datasets
 
 
 def stream_prepare(hparams, tokenizer):
@@ -178,22 +116,15 @@ def stream_prepare(hparams, tokenizer):
         shuffle_buffer=hparams["shuffle_buffer"],
         seed=hparams["seed"],
     )
-    loader = StreamLoader(stream, num_workers=hparams["num_workers"])
+    # A generator of its own: the loader's per-epoch seed draw leaves the global RNG
+    # (restored on resume) alone.
+    loader = StreamLoader(
+        stream,
+        num_workers=hparams["num_workers"],
+        generator=torch.Generator().manual_seed(hparams["seed"]),
+    )
     hparams["checkpointer"].add_recoverable("train_stream", loader)
     return loader
-
-
-def duration_sampler(dataset, hparams, shuffle):
-    """Batches by total seconds of audio (a token budget), not by clip count."""
-    return DynamicBatchSampler(
-        dataset,
-        max_batch_length=hparams["batch_seconds"],
-        num_buckets=hparams["num_buckets"],
-        length_func=lambda x: min(float(x["duration"]), hparams["max_duration"]),
-        shuffle=shuffle,
-        batch_ordering="random" if shuffle else "ascending",
-        max_batch_ex=hparams["max_batch_clips"],
-    )
 
 
 if __name__ == "__main__":
@@ -223,12 +154,11 @@ if __name__ == "__main__":
         batches_per_epoch = len(train_data)  # on every rank
     else:
         train_data = datasets["train"]
-        train_sampler = duration_sampler(train_data, hparams, shuffle=True)
-        train_kwargs = {"batch_sampler": train_sampler, "num_workers": hparams["num_workers"]}
+        train_kwargs = loader_kwargs(train_data, hparams, train=True)
         # Under DDP every rank trains on its share of the sampler's batches.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world_size = torch.distributed.get_world_size() if distributed else 1
-        batches_per_epoch = math.ceil(len(train_sampler) / world_size)
+        batches_per_epoch = math.ceil(len(train_kwargs["batch_sampler"]) / world_size)
     steps = batches_per_epoch * hparams["number_of_epochs"] // hparams["grad_accumulation_factor"]
     hparams["lr_schedule"].total_steps = max(steps, 1)
     hparams["teacher"].total_steps = max(steps, 1)
@@ -240,18 +170,18 @@ if __name__ == "__main__":
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    eval_kwargs = lambda split: {  # noqa: E731
-        "batch_sampler": duration_sampler(datasets[split], hparams, shuffle=False),
-        "num_workers": hparams["num_workers"],
-    }
     brain.fit(
         brain.hparams.epoch_counter,
         train_data,
         datasets["valid"],
         train_loader_kwargs=train_kwargs,
-        valid_loader_kwargs=eval_kwargs("valid"),
+        valid_loader_kwargs=loader_kwargs(datasets["valid"], hparams, train=False),
     )
-    brain.evaluate(datasets["test"], max_key="mean_R@1", test_loader_kwargs=eval_kwargs("test"))
+    brain.evaluate(
+        datasets["test"],
+        max_key="mean_R@1",
+        test_loader_kwargs=loader_kwargs(datasets["test"], hparams, train=False),
+    )
 
     if sb.utils.distributed.is_distributed_initialized():
         # gloo's worker threads free a collective's buffers just after it completes, and

@@ -13,7 +13,12 @@ import pytest
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain_slap.checkpoints import PARTIAL_PREFIX, AtomicCheckpointer, RandomState
+from speechbrain_slap.checkpoints import (
+    PARTIAL_PREFIX,
+    STALE_PREFIX,
+    AtomicCheckpointer,
+    RandomState,
+)
 
 
 def _names(folder):
@@ -141,3 +146,95 @@ def test_random_state_round_trip(tmp_path):
     assert torch.equal(torch.randn(4), expected[0])
     assert [random.random() for _ in range(4)] == expected[1]
     assert np.array_equal(np.random.rand(4), expected[2])
+
+
+def test_old_checkpoint_is_renamed_before_it_is_deleted(tmp_path, monkeypatch):
+    """A removal that dies half way leaves no folder that still looks like a checkpoint."""
+    model = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(tmp_path, {"model": model})
+    old = checkpointer.save_checkpoint(meta={"loss": 2.0})
+    time.sleep(0.01)
+
+    def dies_half_way(path):
+        (path / "model.ckpt").unlink()  # CKPT.yaml is still there
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr("speechbrain_slap.checkpoints.shutil.rmtree", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save_and_keep_only(meta={"loss": 1.0}, min_keys=["loss"])
+    monkeypatch.undo()
+    (kept,) = checkpointer.list_checkpoints()
+    assert kept.meta["loss"] == 1.0
+    assert f"{STALE_PREFIX}{old.path.name}" in _names(tmp_path)
+    loaded = AtomicCheckpointer(tmp_path, {"model": model}).recover_if_possible()
+    assert loaded.meta["loss"] == 1.0
+    assert _names(tmp_path) == [kept.path.name]
+
+
+def test_delete_checkpoints_keeps_what_speechbrain_keeps(tmp_path):
+    """Same choice as ``Checkpointer.delete_checkpoints``: best by key plus the newest."""
+    model = torch.nn.Linear(2, 2)
+    atomic = AtomicCheckpointer(tmp_path / "atomic", {"model": model})
+    stock = Checkpointer(tmp_path / "stock", {"model": model})
+    for loss in (3.0, 1.0, 2.0, 4.0):
+        for checkpointer in (atomic, stock):
+            checkpointer.save_checkpoint(meta={"loss": loss})
+        time.sleep(0.01)
+    atomic.delete_checkpoints(num_to_keep=1, min_keys=["loss"])
+    stock.delete_checkpoints(num_to_keep=1, min_keys=["loss"])
+    kept = [sorted(c.meta["loss"] for c in cp.list_checkpoints()) for cp in (atomic, stock)]
+    assert kept[0] == kept[1] == [1.0, 4.0]
+
+
+def _random_state_rank(rank, folder, results):
+    # SpeechBrain finds the rank in the environment, as torchrun sets it.
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"})
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2
+    )
+    torch.manual_seed(100 + rank)
+    random.seed(200 + rank)
+    np.random.seed(300 + rank)
+    checkpointer = AtomicCheckpointer(folder / "save", {"rng": RandomState()})
+    checkpointer.save_checkpoint()
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    checkpointer.recover_if_possible()
+    restored = (torch.rand(3), random.random(), np.random.rand())
+    torch.save({"expected": expected, "restored": restored}, results / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_random_state_keeps_every_rank_s_generators(tmp_path):
+    """Under DDP (2 gloo ranks) each rank gets back its own generators, not rank 0's."""
+    results = tmp_path / "results"
+    results.mkdir()
+    torch.multiprocessing.spawn(_random_state_rank, args=(tmp_path, results), nprocs=2)
+    ranks = [torch.load(results / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for rank in ranks:
+        assert torch.equal(rank["expected"][0], rank["restored"][0])
+        assert rank["expected"][1:] == rank["restored"][1:]
+    assert not torch.equal(ranks[0]["restored"][0], ranks[1]["restored"][0])
+
+
+def test_random_state_reads_the_one_process_format(tmp_path):
+    """A file of the earlier format (one state, no per-rank list) still loads."""
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    version, values, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    torch.save(
+        {
+            "torch": state,
+            "cuda": [],
+            "python": [version, list(values), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        },
+        tmp_path / "rng.ckpt",
+    )
+    expected = torch.rand(2)
+    torch.manual_seed(6)
+    RandomState().load(tmp_path / "rng.ckpt")
+    assert torch.equal(torch.rand(2), expected)

@@ -5,11 +5,12 @@ Paper Sec. 3.3: the pretrained model is trained further on the target dataset
 with all three losses (contrastive, masked self-distillation, captioning).
 Every module, the EMA teacher and the caption tokenizer start from a SLAP
 model folder (``--pretrained_model``); the training loop is the pretraining
-recipe's (``SLAPBrain``, its data pipelines and duration batches). Retrieval
-over all val captions is checked every epoch and the checkpoint with the best
-mean R@1 is kept, evaluated on test (``test_results.json``) and exported to
-``<output_folder>/model``, the model folder that the captioning recipe and
-``SLAP.from_hparams`` load.
+recipe's (``SLAPBrain``, and the data pipelines and duration batches of
+``speechbrain_slap.data.manifest``, which skip and count unusable rows and
+files). Retrieval over all val captions is checked every epoch and the
+checkpoint with the best mean R@1 is kept, evaluated on test
+(``test_results.json``) and exported to ``<output_folder>/model``, the model
+folder that the captioning recipe and ``SLAP.from_hparams`` load.
 
     python recipes/AudioCaps/retrieval/train.py \\
         recipes/AudioCaps/retrieval/hparams/finetune.yaml \\
@@ -19,7 +20,6 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -27,21 +27,13 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
+from speechbrain_slap.brain import SLAPBrain
+from speechbrain_slap.data.manifest import dataio_prepare
 from speechbrain_slap.export import export_model, find_best_checkpoint
 from speechbrain_slap.retrieval import fit_and_test, load_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from audiocaps_prepare import prepare_audiocaps  # noqa: E402
-
-
-def pretraining_recipe():
-    """``recipes/pretrain/train.py`` as a module: its data pipelines and batching."""
-    path = Path(__file__).resolve().parents[2] / "pretrain" / "train.py"
-    spec = importlib.util.spec_from_file_location("slap_pretrain_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
@@ -73,9 +65,15 @@ if __name__ == "__main__":
     )
     hparams["teacher"].step.zero_()  # the EMA schedule spans the fine-tuning steps
 
-    pretrain = pretraining_recipe()
-    datasets = pretrain.dataio_prepare(hparams, tokenizer)
-    brain = fit_and_test(hparams, run_opts, datasets, pretrain.duration_sampler)
+    datasets = dataio_prepare(hparams, tokenizer)
+    brain = SLAPBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    fit_and_test(brain, hparams, datasets)
 
     run_on_main(
         export_model,

@@ -6,9 +6,10 @@ losses, as the paper does before its zero-shot classification results. The
 code path is the fine-tuning one of the AudioCaps and Clotho recipes: every
 module, the EMA teacher and the caption tokenizer start from a SLAP model
 folder (``--pretrained_model``) and the training loop is the pretraining
-recipe's (``SLAPBrain``, its data pipelines and duration batches). Retrieval
-on a held-out WavCaps split keeps the checkpoint with the best mean R@1, which
-is re-scored on it (``test_results.json``) and exported to
+recipe's (``SLAPBrain``, and the data pipelines and duration batches of
+``speechbrain_slap.data.manifest``, which skip and count unusable rows and
+files). Retrieval on a held-out WavCaps split keeps the checkpoint with the
+best mean R@1, which is re-scored on it (``test_results.json``) and exported to
 ``<output_folder>/model``; run the zero-shot classification recipes on that
 folder for Table 2.
 
@@ -20,27 +21,17 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from wavcaps_prepare import prepare_wavcaps
 
+from speechbrain_slap.brain import SLAPBrain
+from speechbrain_slap.data.manifest import dataio_prepare
 from speechbrain_slap.export import export_model, find_best_checkpoint
 from speechbrain_slap.retrieval import fit_and_test, load_pretrained
-
-
-def pretraining_recipe():
-    """``recipes/pretrain/train.py`` as a module: its data pipelines and batching."""
-    path = Path(__file__).resolve().parents[2] / "pretrain" / "train.py"
-    spec = importlib.util.spec_from_file_location("slap_pretrain_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
@@ -75,9 +66,15 @@ if __name__ == "__main__":
     )
     hparams["teacher"].step.zero_()  # the EMA schedule spans the fine-tuning steps
 
-    pretrain = pretraining_recipe()
-    datasets = pretrain.dataio_prepare(hparams, tokenizer)
-    brain = fit_and_test(hparams, run_opts, datasets, pretrain.duration_sampler)
+    datasets = dataio_prepare(hparams, tokenizer)
+    brain = SLAPBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    fit_and_test(brain, hparams, datasets)
 
     run_on_main(
         export_model,

@@ -1,0 +1,598 @@
+"""Caption manifests for training: checked rows, audio and caption pipelines, duration batches.
+
+A *caption manifest* is a SpeechBrain CSV with ``ID, duration, wav, captions``
+(``wav`` may start with ``$data_root``; ``captions`` holds every caption of a
+clip joined by ``speechbrain_slap.data.CAPTION_SEPARATOR``; other columns, such
+as ``sound_type``, are kept). The pretraining recipe and the fine-tuning
+recipes (AudioCaps, Clotho, WavCaps) read their manifests through this module.
+
+Training runs for days over millions of files, so one bad item must not stop
+it. Bad items are skipped, counted and named, in two places:
+
+* **Rows** are checked before the dataset is built (``validate_manifest``): a
+  row with a missing ID or wav, a missing, non-numeric, non-finite or
+  non-positive duration, no caption (empty or whitespace), a duplicate ID,
+  the wrong number of fields, or bytes that are not UTF-8 is left out. The
+  file is decoded with ``errors="surrogateescape"``, so a bad byte spoils its
+  row only. ``dataio_prepare`` writes the rejected rows with their
+  reasons to ``<output_folder>/<split>_rejected.csv`` and logs how many, with
+  the first few IDs.
+* **Audio** is checked when it is read (``speechbrain_slap.data.audio.load_audio``:
+  missing, empty, truncated or undecodable files, NaN or Inf samples). The
+  audio pipeline then returns an ``UnusableItem`` marker instead of a
+  waveform, and ``collate_usable`` (the DataLoader's ``collate_fn``) drops the
+  marked items and lists them on the batch as ``batch.bad_items``
+  (``[(ID, reason), ...]``). Collation runs in the DataLoader workers; the
+  batch carries the list to the main process, where ``SLAPBrain`` logs each
+  item and counts them per epoch. A batch with no usable item is an
+  ``EmptyBatch`` (length 0), whose step ``SLAPBrain`` skips.
+
+Captions of any length are accepted: the caption tokenizer and the text
+encoder truncate (``max_caption_tokens``, the text encoder's ``max_length``).
+Unlike SpeechBrain's ``load_data_csv``, only the ``wav`` field has ``$data_root``
+replaced, so a caption may hold a ``$``.
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import csv
+import logging
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import if_main_process
+
+from speechbrain_slap.data import split_captions
+from speechbrain_slap.data.audio import AudioLoadError, load_audio
+from speechbrain_slap.lobes.caption_decoder import encode_captions
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("ID", "duration", "wav", "captions")
+REJECTED_COLUMNS = ("line", "ID", "reason")
+# As SpeechBrain's load_data_csv spells a variable.
+_VARIABLE = re.compile(r"\$([\w.]+)")
+# Bytes that are not UTF-8 decode to these with errors="surrogateescape".
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# IDs named in the log when rows or items are skipped (all of them go to the CSV).
+LOGGED_IDS = 5
+
+
+@dataclass
+class RejectedRow:
+    """A manifest row left out of training, and why.
+
+    Arguments
+    ---------
+    line : int
+        Line of the CSV where the row ends (1 is the header).
+    id : str
+        The row's ID (undecodable bytes shown as ``\\x..`` escapes; may be empty).
+    reason : str
+        What was wrong.
+
+    Example
+    -------
+    >>> RejectedRow(3, "clip_2", "empty caption").reason
+    'empty caption'
+    """
+
+    line: int
+    id: str
+    reason: str
+
+
+def _shown(text: str) -> str:
+    """``text`` with undecodable bytes as ``\\x..`` escapes (printable, writable as UTF-8)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _row_problem(row: dict, columns: Sequence[str]) -> str | None:
+    """Why a raw CSV row cannot be used, before its values are parsed."""
+    if None in row:  # csv.DictReader files surplus fields under None
+        return f"{len(columns) + len(row[None])} fields, expected {len(columns)}"
+    missing = [name for name in columns if row[name] is None]
+    if missing:
+        return f"{len(columns) - len(missing)} fields, expected {len(columns)} (no {missing})"
+    undecodable = [name for name in columns if _UNDECODABLE.search(row[name])]
+    if undecodable:
+        return f"bytes that are not UTF-8 in {undecodable}"
+    return None
+
+
+def _value_problem(row: dict, clip_id: str, first_line: dict) -> str | None:
+    """Why a row's values cannot be trained on (the first problem found)."""
+    if not clip_id:
+        return "missing ID"
+    if clip_id in first_line:
+        return f"duplicate ID (first on line {first_line[clip_id]})"
+    problem = _duration_problem(row["duration"])
+    if problem is not None:
+        return problem
+    if not row["wav"].strip():
+        return "missing wav"
+    if not split_captions(row["captions"]):
+        return "empty caption"
+    return None
+
+
+def _duration_problem(text: str) -> str | None:
+    if not text.strip():
+        return "missing duration"
+    try:
+        duration = float(text)
+    except ValueError:
+        return f"non-numeric duration {text!r}"
+    if not math.isfinite(duration):
+        return f"non-finite duration {text!r}"
+    if duration <= 0:
+        return f"non-positive duration {text!r}"
+    return None
+
+
+def validate_manifest(
+    csv_path: str | Path, data_folder: str | Path
+) -> tuple[dict[str, dict], list[RejectedRow]]:
+    """Reads a caption manifest and leaves out the rows that cannot be trained on.
+
+    See the module docstring for what is checked. A file that cannot be a
+    caption manifest at all (missing, no header, a required column missing)
+    raises.
+
+    Arguments
+    ---------
+    csv_path : str or Path
+        The manifest (CSV with at least ``ID, duration, wav, captions``).
+    data_folder : str or Path
+        Replaces ``$data_root`` in the ``wav`` field.
+
+    Returns
+    -------
+    rows : dict
+        ``{ID: {column: value}}`` of the usable rows in file order, ``ID``
+        removed and ``duration`` a float (``DynamicItemDataset``'s input).
+    rejected : list of RejectedRow
+        The rows left out, in file order.
+
+    Raises
+    ------
+    ValueError
+        The file has no header or lacks a required column.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "train.csv"
+    >>> _ = path.write_bytes(
+    ...     b"ID,duration,wav,captions\\n"
+    ...     b"a,1.5,$data_root/a.wav,A dog barks. | Barking.\\n"
+    ...     b"b,abc,$data_root/b.wav,Rain.\\n"
+    ...     b"c,2.0,$data_root/c.wav,   \\n"
+    ...     b"d,2.0,$data_root/d.wav,Caf\\xe9 noise.\\n"
+    ... )
+    >>> rows, rejected = validate_manifest(path, "/data")
+    >>> rows
+    {'a': {'duration': 1.5, 'wav': '/data/a.wav', 'captions': 'A dog barks. | Barking.'}}
+    >>> [(r.line, r.id, r.reason) for r in rejected]  # doctest: +NORMALIZE_WHITESPACE
+    [(3, 'b', "non-numeric duration 'abc'"), (4, 'c', 'empty caption'),
+     (5, 'd', "bytes that are not UTF-8 in ['captions']")]
+    """
+    csv_path = Path(csv_path)
+    # Bytes that are not UTF-8 become lone surrogates, which mark their row only.
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fin:
+        return _validate_rows(csv.DictReader(fin, skipinitialspace=True), csv_path, data_folder)
+
+
+def _validate_rows(reader: csv.DictReader, csv_path: Path, data_folder) -> tuple[dict, list]:
+    columns = reader.fieldnames
+    if not columns:
+        raise ValueError(f"{csv_path}: no header; expected columns {MANIFEST_COLUMNS}")
+    missing = [name for name in MANIFEST_COLUMNS if name not in columns]
+    if missing:
+        raise ValueError(
+            f"{csv_path}: no column {missing}; a caption manifest has {MANIFEST_COLUMNS}"
+        )
+    replacements = {"data_root": str(data_folder)}
+    rows, first_line, rejected = {}, {}, []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:  # e.g. a field over csv.field_size_limit()
+            # line_num still counts the lines before the record that failed.
+            rejected.append(RejectedRow(reader.line_num + 1, "", f"unreadable CSV row: {error}"))
+            continue
+        line, clip_id = reader.line_num, (row.get("ID") or "").strip()
+        reason = _row_problem(row, columns) or _value_problem(row, clip_id, first_line)
+        if reason is None:
+            wav = _VARIABLE.sub(
+                lambda match: replacements.get(match[1], match[0]), row["wav"].strip()
+            )
+            unknown = _VARIABLE.search(wav)
+            if unknown:
+                reason = f"wav holds {unknown[0]!r}; only $data_root is replaced"
+        if reason is not None:
+            rejected.append(RejectedRow(line, _shown(clip_id), reason))
+            continue
+        first_line[clip_id] = line
+        values = {key: value for key, value in row.items() if key != "ID"}
+        values["duration"], values["wav"] = float(row["duration"]), wav
+        rows[clip_id] = values
+    return rows, rejected
+
+
+def write_rejected(path: str | Path, rejected: Sequence[RejectedRow]) -> None:
+    """Writes ``line, ID, reason`` of each rejected row to a CSV.
+
+    Arguments
+    ---------
+    path : str or Path
+        The CSV to write.
+    rejected : sequence of RejectedRow
+        The rows (``validate_manifest``).
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "train_rejected.csv"
+    >>> write_rejected(path, [RejectedRow(3, "b", "missing wav")])
+    >>> path.read_text().splitlines()
+    ['line,ID,reason', '3,b,missing wav']
+    """
+    with open(path, "w", newline="", encoding="utf-8") as fout:
+        writer = csv.writer(fout)
+        writer.writerow(REJECTED_COLUMNS)
+        writer.writerows((r.line, r.id, r.reason) for r in rejected)
+
+
+def load_manifest(
+    csv_path: str | Path, data_folder: str | Path, rejected_csv: str | Path | None = None
+) -> dict[str, dict]:
+    """``validate_manifest``, with the rejected rows logged and written to ``rejected_csv``.
+
+    Arguments
+    ---------
+    csv_path : str or Path
+        The manifest.
+    data_folder : str or Path
+        Replaces ``$data_root`` in the ``wav`` field.
+    rejected_csv : str or Path, optional
+        Where the main process writes the rejected rows (a file left by an
+        earlier run is removed when no row is rejected).
+
+    Returns
+    -------
+    dict
+        The usable rows (``validate_manifest``).
+
+    Raises
+    ------
+    ValueError
+        No usable row.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "m.csv").write_text(
+    ...     "ID,duration,wav,captions\\na,1.5,$data_root/a.wav,Rain.\\nb,,b.wav,Wind.\\n"
+    ... )
+    >>> rows = load_manifest(folder / "m.csv", "/data", folder / "m_rejected.csv")
+    >>> list(rows), (folder / "m_rejected.csv").read_text().splitlines()[1]
+    (['a'], '3,b,missing duration')
+    """
+    rows, rejected = validate_manifest(csv_path, data_folder)
+    if rejected_csv is not None and if_main_process():
+        if rejected:
+            write_rejected(rejected_csv, rejected)
+        elif Path(rejected_csv).exists():
+            Path(rejected_csv).unlink()
+    if rejected:
+        first = "; ".join(
+            f"{r.id or '(no ID)'} (line {r.line}): {r.reason}" for r in rejected[:LOGGED_IDS]
+        )
+        logger.warning(
+            "%s: %d of %d rows rejected%s; first: %s",
+            csv_path,
+            len(rejected),
+            len(rejected) + len(rows),
+            f" (all listed in {rejected_csv})" if rejected_csv is not None else "",
+            first,
+        )
+    if not rows:
+        raise ValueError(f"{csv_path}: no usable row ({len(rejected)} rejected)")
+    return rows
+
+
+class UnusableItem:
+    """What the audio pipeline returns instead of a waveform for audio it cannot use.
+
+    Arguments
+    ---------
+    reason : str
+        What was wrong (``AudioLoadError.reason``).
+
+    Example
+    -------
+    >>> UnusableItem("file not found").reason
+    'file not found'
+    """
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"UnusableItem({self.reason!r})"
+
+
+class EmptyBatch:
+    """A batch none of whose items could be used: length 0, and the items' ``bad_items``.
+
+    Arguments
+    ---------
+    bad_items : list of (str, str)
+        ``(ID, reason)`` of every item of the batch.
+
+    Example
+    -------
+    >>> batch = EmptyBatch([("a", "file not found")])
+    >>> len(batch), batch.bad_items
+    (0, [('a', 'file not found')])
+    """
+
+    batchsize = 0
+
+    def __init__(self, bad_items: list[tuple[str, str]]):
+        self.bad_items = list(bad_items)
+
+    def __len__(self) -> int:
+        return 0
+
+    def to(self, *args, **kwargs) -> "EmptyBatch":
+        """Nothing to move (``PaddedBatch.to``'s interface)."""
+        return self
+
+    def pin_memory(self) -> "EmptyBatch":
+        """Nothing to pin (``PaddedBatch.pin_memory``'s interface)."""
+        return self
+
+
+def collate_usable(examples: Sequence[dict]) -> PaddedBatch | EmptyBatch:
+    """``PaddedBatch`` of the usable examples; the others listed as ``batch.bad_items``.
+
+    An example is unusable when its ``sig`` is an ``UnusableItem``.
+
+    Arguments
+    ---------
+    examples : sequence of dict
+        Examples of a ``DynamicItemDataset`` with ``id`` and ``sig`` keys.
+
+    Returns
+    -------
+    PaddedBatch or EmptyBatch
+        With ``bad_items``: ``[(ID, reason), ...]`` of the dropped examples.
+
+    Example
+    -------
+    >>> batch = collate_usable([
+    ...     {"id": "a", "sig": torch.ones(3)},
+    ...     {"id": "b", "sig": UnusableItem("file not found")},
+    ... ])
+    >>> batch.id, batch.sig.data.shape, batch.bad_items
+    (['a'], torch.Size([1, 3]), [('b', 'file not found')])
+    """
+    usable = [e for e in examples if not isinstance(e["sig"], UnusableItem)]
+    bad = [(e["id"], e["sig"].reason) for e in examples if isinstance(e["sig"], UnusableItem)]
+    batch = PaddedBatch(usable) if usable else EmptyBatch(bad)
+    batch.bad_items = bad
+    return batch
+
+
+def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
+    """Audio, caption and label pipelines over the train/valid/test caption manifests.
+
+    Each manifest is checked first (``load_manifest``; rejected rows go to
+    ``<output_folder>/<split>_rejected.csv``). Training crops clips longer
+    than ``max_duration`` at a random offset and picks a random caption of
+    each clip; evaluation crops at 0 and takes the first caption. Audio that
+    cannot be read gives an ``UnusableItem`` (see the module docstring); batch
+    with ``collate_usable`` (``loader_kwargs`` does).
+
+    With ``train_shards`` set, training streams shards and only the valid and
+    test manifests are loaded.
+
+    Arguments
+    ---------
+    hparams : dict
+        ``train_csv`` / ``valid_csv`` / ``test_csv``, ``data_folder``,
+        ``output_folder``, ``sample_rate``, ``max_duration``,
+        ``max_caption_tokens``; optional ``train_shards`` and
+        ``zeroshot_labels`` (manifests with a ``sound_type`` column).
+    tokenizer : SentencePiece
+        The caption tokenizer: SpeechBrain's ``SentencePiece`` (its ``sp`` is
+        used) or a ``sentencepiece.SentencePieceProcessor``.
+
+    Returns
+    -------
+    dict
+        ``{split: DynamicItemDataset}`` with keys ``id, sig, captions,
+        caption, tokens_in, tokens_out`` (and ``label`` for evaluation splits
+        when ``zeroshot_labels`` is set).
+
+    Example
+    -------
+    >>> import numpy as np, soundfile
+    >>> from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
+    >>> folder = getfixture("tmp_path")
+    >>> soundfile.write(folder / "a.wav", np.zeros(8000, "float32"), 16000)
+    >>> for split in ("train", "valid", "test"):
+    ...     _ = (folder / f"{split}.csv").write_text(
+    ...         "ID,duration,wav,captions\\n"
+    ...         "a,0.5,$data_root/a.wav,A dog barks. | Barking.\\n"
+    ...         "b,0.5,$data_root/gone.wav,Rain.\\n"
+    ...     )
+    >>> _ = (folder / "captions.csv").write_text("id,caption\\n0,a dog barks\\n1,rain\\n")
+    >>> tokenizer = train_caption_tokenizer(
+    ...     folder / "captions.csv", folder / "tok", model_type="char"
+    ... )
+    >>> hparams = {
+    ...     "train_csv": folder / "train.csv", "valid_csv": folder / "valid.csv",
+    ...     "test_csv": folder / "test.csv", "data_folder": folder, "output_folder": folder,
+    ...     "sample_rate": 16000, "max_duration": 10.0, "max_caption_tokens": 16,
+    ... }
+    >>> datasets = dataio_prepare(hparams, tokenizer)
+    >>> batch = collate_usable([datasets["train"][0], datasets["train"][1]])
+    >>> batch.id, batch.sig.data.shape, batch.bad_items
+    (['a'], torch.Size([1, 8000]), [('b', 'file not found')])
+    """
+    sp = getattr(tokenizer, "sp", tokenizer)
+    sample_rate = hparams["sample_rate"]
+    max_samples = int(hparams["max_duration"] * sample_rate)
+    labels = list(hparams.get("zeroshot_labels") or [])
+
+    def load(wav, train):
+        try:
+            sig = load_audio(wav, sample_rate)  # mono, resampled; checked
+        except AudioLoadError as error:
+            return UnusableItem(error.reason)
+        if sig.numel() > max_samples:  # training crops at a random offset
+            start = random.randint(0, sig.numel() - max_samples) if train else 0
+            sig = sig[start : start + max_samples]
+        return sig
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def train_audio(wav):
+        return load(wav, train=True)
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def eval_audio(wav):
+        return load(wav, train=False)
+
+    def text_pipeline(train):
+        @sb.utils.data_pipeline.takes("captions")
+        @sb.utils.data_pipeline.provides("caption", "tokens_in", "tokens_out")
+        def pipeline(captions):
+            captions = split_captions(captions)
+            caption = random.choice(captions) if train else captions[0]
+            yield caption
+            tokens_in, tokens_out = encode_captions(sp, [caption], hparams["max_caption_tokens"])
+            yield tokens_in[0]
+            yield tokens_out[0]
+
+        return pipeline
+
+    @sb.utils.data_pipeline.takes("sound_type")
+    @sb.utils.data_pipeline.provides("label")
+    def label_pipeline(sound_type):
+        return torch.tensor([labels.index(sound_type) if sound_type in labels else -1])
+
+    datasets = {}
+    keys = ["id", "sig", "captions", "caption", "tokens_in", "tokens_out"]
+    splits = ("valid", "test") if hparams.get("train_shards") else ("train", "valid", "test")
+    output_folder = Path(hparams["output_folder"])
+    for split in splits:
+        train = split == "train"
+        rows = load_manifest(
+            hparams[f"{split}_csv"],
+            hparams["data_folder"],
+            rejected_csv=output_folder / f"{split}_rejected.csv",
+        )
+        dataset = DynamicItemDataset(rows)
+        dataset.add_dynamic_item(train_audio if train else eval_audio)
+        dataset.add_dynamic_item(text_pipeline(train))
+        split_keys = list(keys)
+        if labels and not train:
+            dataset.add_dynamic_item(label_pipeline)
+            split_keys.append("label")
+        dataset.set_output_keys(split_keys)
+        datasets[split] = dataset
+    return datasets
+
+
+def duration_sampler(
+    dataset: DynamicItemDataset, hparams: dict, shuffle: bool
+) -> DynamicBatchSampler:
+    """Batches by total seconds of audio (a token budget), not by clip count.
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        A ``dataio_prepare`` split (its ``duration`` values).
+    hparams : dict
+        ``batch_seconds``, ``num_buckets``, ``max_duration``, ``max_batch_clips``.
+    shuffle : bool
+        Random batches in random order (training; reseeded by ``set_epoch``),
+        else ascending duration.
+
+    Returns
+    -------
+    DynamicBatchSampler
+
+    Example
+    -------
+    >>> dataset = DynamicItemDataset({str(i): {"duration": float(i)} for i in range(1, 9)})
+    >>> hparams = {"batch_seconds": 10.0, "num_buckets": 2, "max_duration": 30.0,
+    ...            "max_batch_clips": 8}
+    >>> batches = list(duration_sampler(dataset, hparams, shuffle=True))
+    >>> sorted(i for batch in batches for i in batch)  # every clip once
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    """
+    return DynamicBatchSampler(
+        dataset,
+        max_batch_length=hparams["batch_seconds"],
+        num_buckets=hparams["num_buckets"],
+        length_func=lambda x: min(float(x["duration"]), hparams["max_duration"]),
+        shuffle=shuffle,
+        batch_ordering="random" if shuffle else "ascending",
+        max_batch_ex=hparams["max_batch_clips"],
+    )
+
+
+def loader_kwargs(dataset: DynamicItemDataset, hparams: dict, train: bool) -> dict:
+    """DataLoader arguments for a ``dataio_prepare`` split (``Brain.fit``'s loader kwargs).
+
+    Duration batches (``duration_sampler``), ``num_workers`` workers,
+    ``collate_usable``, and a DataLoader ``generator`` of its own: PyTorch
+    draws each epoch's worker base seed from it, which would otherwise come
+    from the global torch RNG and shift it, so a run resumed from a
+    checkpoint (which restores that RNG) would draw other masks and crops
+    than the run it continues.
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        The split.
+    hparams : dict
+        ``duration_sampler``'s keys, ``num_workers`` and ``seed``.
+    train : bool
+        Shuffled batches (training) or ascending duration (evaluation).
+
+    Returns
+    -------
+    dict
+        ``batch_sampler``, ``num_workers``, ``collate_fn``, ``generator``.
+
+    Example
+    -------
+    >>> dataset = DynamicItemDataset({"a": {"duration": 2.0}, "b": {"duration": 3.0}})
+    >>> hparams = {"batch_seconds": 6.0, "num_buckets": 2, "max_duration": 30.0,
+    ...            "max_batch_clips": 8, "num_workers": 0, "seed": 1}
+    >>> sorted(loader_kwargs(dataset, hparams, train=True))
+    ['batch_sampler', 'collate_fn', 'generator', 'num_workers']
+    """
+    return {
+        "batch_sampler": duration_sampler(dataset, hparams, shuffle=train),
+        "num_workers": hparams["num_workers"],
+        "collate_fn": collate_usable,
+        "generator": torch.Generator().manual_seed(hparams["seed"]),
+    }
