@@ -48,6 +48,8 @@ MODEL_KEYS = (
 # In the checkpoint, copied when present: what fine-tuning needs beyond inference.
 TRAINING_FILES = ("ssl_head.ckpt", "teacher.ckpt")
 SUMS_FILE = "SHA256SUMS"
+# Files that hold weights: each must be listed in SHA256SUMS.
+WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 DEFAULT_MAX_DURATION = 30.0
 _REFERENCE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -133,8 +135,9 @@ def verify_checksums(folder: str | Path) -> list[str]:
     Raises
     ------
     ModelFolderError
-        No sums file, a malformed line, a listed file missing, or a digest
-        mismatch (the message names the file).
+        No sums file, a malformed line, a listed file missing, a digest
+        mismatch, or a weight file (``WEIGHT_SUFFIXES``) the sums do not list
+        (the message names the file).
 
     Example
     -------
@@ -177,6 +180,16 @@ def verify_checksums(folder: str | Path) -> list[str]:
                 "the file is corrupt or was changed"
             )
         verified.append(name)
+    unlisted = sorted(
+        path.name
+        for path in folder.iterdir()
+        if path.suffix in WEIGHT_SUFFIXES and path.name not in verified
+    )
+    if unlisted:
+        raise ModelFolderError(
+            f"{folder}: weight files not listed in {SUMS_FILE}: {unlisted}; every weight file "
+            "of a model folder must have its SHA-256 there"
+        )
     return verified
 
 

@@ -22,6 +22,7 @@ from speechbrain_slap.export import (
     export_model,
     find_best_checkpoint,
     verify_checksums,
+    write_checksums,
 )
 from speechbrain_slap.inference import SLAP, window_starts
 from speechbrain_slap.lobes.features import pad_waveforms
@@ -362,3 +363,34 @@ def test_yaml_outside_the_allow_list_needs_trust(slap_model_folder, tmp_path):
         SLAP.from_hparams(source=str(folder))
     trusted = SLAP.from_hparams(source=str(folder), trust_remote_code=True)
     assert trusted.hparams.working_directory == os.getcwd()
+
+
+def test_unlisted_weight_files_are_refused(slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    sums = (folder / "SHA256SUMS").read_text().splitlines()
+    (folder / "SHA256SUMS").write_text(
+        "".join(line + "\n" for line in sums if "audio_encoder" not in line)
+    )
+    with pytest.raises(
+        ModelFolderError, match=r"not listed in SHA256SUMS: \['audio_encoder.ckpt'\]"
+    ):
+        SLAP.from_hparams(source=str(folder))
+
+
+class _Payload:
+    """An object whose unpickling would call a function (here a harmless one)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_weights_that_unpickle_objects_are_refused(slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    state = torch.load(folder / "audio_pooling.ckpt", weights_only=True)
+    state["payload"] = _Payload()
+    torch.save(state, folder / "audio_pooling.ckpt")
+    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")])  # the sums match
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        SLAP.from_hparams(source=str(folder))
