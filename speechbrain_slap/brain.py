@@ -427,10 +427,17 @@ class SLAPBrain(sb.Brain):
 
     # -- evaluation ---------------------------------------------------------------
     def on_stage_start(self, stage, epoch=None):
-        """Resets the stage's skip counters and the collected embeddings of an evaluation."""
+        """Resets the stage's skip counters and the collected embeddings of an evaluation.
+
+        A training stage also empties ``step_log`` (its loss components are
+        averaged per epoch; ``train_steps.jsonl`` keeps every logged step) and
+        the skip marks of a step left unfinished by the previous epoch.
+        """
         self.skipped_items = []
         if stage == sb.Stage.TRAIN:
             self.empty_batches = self.nonfinite_steps = 0
+            self.step_log = []
+            self._nonfinite_loss = self._empty_in_step = False
         else:
             self.eval_audio, self.eval_captions, self.eval_labels = [], [], []
 
@@ -459,7 +466,12 @@ class SLAPBrain(sb.Brain):
         )
 
     def evaluate_retrieval(self):
-        """Retrieval metrics (all captions of each clip) over the collected stage."""
+        """Retrieval metrics (all captions of each clip) over the collected stage.
+
+        With zero-shot labels, ``zeroshot_accuracy`` covers the clips whose
+        ``sound_type`` is a zero-shot class (absent when none is);
+        ``zeroshot_unlabelled`` counts the others.
+        """
         if not self.eval_audio:
             raise ValueError(
                 f"no clip of the evaluation set could be used ({len(self.skipped_items)} "
@@ -477,12 +489,17 @@ class SLAPBrain(sb.Brain):
         metrics["chance_R@1"] = 1.0 / audio.shape[0]
         metrics["n_test_audio"] = audio.shape[0]
         if self.eval_labels and getattr(self.hparams, "zeroshot_prompts", None):
-            prompts = torch.nn.functional.normalize(
-                self._embed_texts(list(self.hparams.zeroshot_prompts)), dim=-1
-            )
-            metrics["zeroshot_accuracy"] = zero_shot_accuracy(
-                audio @ prompts.T, torch.cat(self.eval_labels)
-            )
+            # Label -1: the clip's sound_type is not a zero-shot class; it is left out.
+            labels = torch.cat(self.eval_labels)
+            labelled = labels >= 0
+            metrics["zeroshot_unlabelled"] = int((~labelled).sum())
+            if labelled.any():
+                prompts = torch.nn.functional.normalize(
+                    self._embed_texts(list(self.hparams.zeroshot_prompts)), dim=-1
+                )
+                metrics["zeroshot_accuracy"] = zero_shot_accuracy(
+                    audio[labelled] @ prompts.T, labels[labelled]
+                )
         return metrics, similarity, text_to_audio
 
     def on_stage_end(self, stage, stage_loss, epoch=None):

@@ -11,7 +11,8 @@ checkpoints are removed only after the new one is in place (SpeechBrain's
 ``save_and_keep_only`` order), and each is first renamed to a hidden
 ``.stale-CKPT+<stamp>`` folder, so a kill during the removal cannot leave a
 half-deleted folder that still looks like a checkpoint; leftover partial and
-stale folders are removed at the next start.
+stale folders are removed at the next start, except the old checkpoint of a
+custom-named save cut between its two renames, which is renamed back.
 
 ``RandomState`` is a recoverable holding the torch, Python and NumPy random
 generators. With it in the checkpoint, a run resumed from an intra-epoch
@@ -168,9 +169,23 @@ class AtomicCheckpointer(Checkpointer):
         ddp_barrier()
 
     def remove_partial_checkpoints(self) -> list[Path]:
-        """Deletes folders left by a save that was interrupted; returns them (main rank)."""
+        """Deletes folders left by a save that was interrupted; returns them (main rank).
+
+        A kill between the two renames of a custom-named save (``X`` to
+        ``.stale-X``, then ``.partial-X`` to ``X``) leaves ``.stale-X`` and
+        ``.partial-X`` without ``X``: the complete old checkpoint is renamed
+        back to ``X`` first. A ``.stale-X`` without ``.partial-X`` is a
+        removal that was cut short (possibly half deleted) and is removed.
+        """
         removed = []
         if if_main_process() and self.checkpoints_dir.is_dir():
+            for stale in sorted(self.checkpoints_dir.glob(STALE_PREFIX + "*")):
+                name = stale.name[len(STALE_PREFIX) :]
+                final = stale.with_name(name)
+                partial = stale.with_name(PARTIAL_PREFIX + name)
+                if stale.is_dir() and partial.is_dir() and not final.exists():
+                    logger.warning("restoring a checkpoint whose replacement was cut: %s", final)
+                    os.replace(stale, final)
             for path in sorted(self.checkpoints_dir.iterdir()):
                 if path.is_dir() and path.name.startswith((PARTIAL_PREFIX, STALE_PREFIX)):
                     logger.warning("removing an incomplete checkpoint: %s", path)

@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("ID", "duration", "wav", "captions")
 REJECTED_COLUMNS = ("line", "ID", "reason")
+# What dataio_prepare's pipelines provide; a manifest column of one of these names is dropped.
+PIPELINE_OUTPUTS = ("sig", "caption", "tokens_in", "tokens_out", "label")
 # As SpeechBrain's load_data_csv spells a variable.
 _VARIABLE = re.compile(r"\$([\w.]+)")
 # Bytes that are not UTF-8 decode to these with errors="surrogateescape".
@@ -507,7 +509,7 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
             hparams["data_folder"],
             rejected_csv=output_folder / f"{split}_rejected.csv",
         )
-        dataset = DynamicItemDataset(rows)
+        dataset = DynamicItemDataset(_without_pipeline_columns(rows, hparams[f"{split}_csv"]))
         dataset.add_dynamic_item(train_audio if train else eval_audio)
         dataset.add_dynamic_item(text_pipeline(train))
         split_keys = list(keys)
@@ -517,6 +519,26 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
         dataset.set_output_keys(split_keys)
         datasets[split] = dataset
     return datasets
+
+
+def _without_pipeline_columns(rows: dict[str, dict], csv_path) -> dict[str, dict]:
+    """``rows`` without the columns named like a pipeline output.
+
+    ``DynamicItemDataset`` gives a static column precedence over a dynamic
+    item of the same name, so a manifest column ``caption`` would replace the
+    caption the text pipeline picked (and no longer match ``tokens_out``).
+    """
+    columns = {name for values in rows.values() for name in values}
+    dropped = sorted(columns & set(PIPELINE_OUTPUTS))
+    if not dropped:
+        return rows
+    logger.warning(
+        "%s: columns %s are named like pipeline outputs and are ignored", csv_path, dropped
+    )
+    return {
+        clip_id: {key: value for key, value in values.items() if key not in dropped}
+        for clip_id, values in rows.items()
+    }
 
 
 def duration_sampler(

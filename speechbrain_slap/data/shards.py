@@ -2,8 +2,8 @@
 
 Training at scale reads audio sequentially from large tar files instead of
 opening one file per clip. ``write_shards`` turns a pretraining manifest (CSV
-with ``ID, duration, wav, captions``; ``$data_root`` in any field is replaced
-as ``DynamicItemDataset.from_csv`` does) into::
+with ``ID, duration, wav, captions``; ``$data_root`` is replaced in ``wav``
+only, and rows are checked as for training) into::
 
     <out_dir>/shard-000000.tar          {key}.json then {key}.flac, per clip
     <out_dir>/shard-000001.tar
@@ -39,8 +39,10 @@ the start with ``"complete": false`` and the settings, and again at the end;
 a rerun with other settings (or another manifest) raises instead of mixing
 two plans in one folder.
 
-Rows whose audio cannot be read, is empty, or that have no caption are skipped;
-each is named in the log and in the index (``skipped``, with the reason).
+Rows the manifest check rejects (``check_manifest``: no caption, a bad
+duration, ...) and rows whose audio cannot be read, is empty, or holds NaN or
+Inf samples are skipped; each is named in the log and in the index
+(``skipped``, with the reason).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -130,20 +132,23 @@ def parse_size(size: str | int) -> int:
 
 
 def read_manifest(manifest_csv: str | os.PathLike, data_root: str | None = None) -> list[dict]:
-    """Rows of a pretraining manifest, in file order, with ``$data_root`` replaced.
+    """Usable rows of a pretraining manifest, in file order, ``$data_root`` replaced in ``wav``.
+
+    Rows are checked as for training (``check_manifest``); rejected rows are
+    left out (``write_shards`` lists them in the index).
 
     Arguments
     ---------
     manifest_csv : str or path
         SpeechBrain CSV with at least ``ID, duration, wav, captions``.
     data_root : str, optional
-        Replaces ``$data_root`` in every field.
+        Replaces ``$data_root`` in the ``wav`` field.
 
     Returns
     -------
     list of dict
-        One dict per row (all columns as strings, ``ID`` included, ``duration``
-        a float).
+        One dict per usable row (all columns as strings, ``ID`` included,
+        ``duration`` a float).
 
     Example
     -------
@@ -152,31 +157,81 @@ def read_manifest(manifest_csv: str | os.PathLike, data_root: str | None = None)
     >>> read_manifest(path, data_root="/audio")[0]["wav"]
     '/audio/a.wav'
     """
+    return check_manifest(manifest_csv, data_root)[0]
+
+
+# Stands for $data_root when none is given; no path holds it (validate_manifest then
+# finds no unknown variable, and the rows that needed data_root are told apart).
+_NO_DATA_ROOT = "\x00data_root\x00"
+
+
+def check_manifest(
+    manifest_csv: str | os.PathLike, data_root: str | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Usable rows of a pretraining manifest and the rejected ones, with their reasons.
+
+    The checks are the training manifest's
+    (``speechbrain_slap.data.manifest.validate_manifest``): missing ID, wav or
+    caption, a duration that is missing, non-numeric, non-finite or not
+    positive, a duplicate ID, the wrong number of fields, bytes that are not
+    UTF-8. Only ``wav`` has ``$data_root`` replaced, so a caption may hold a
+    ``$``.
+
+    Arguments
+    ---------
+    manifest_csv : str or path
+        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
+    data_root : str, optional
+        Replaces ``$data_root`` in the ``wav`` field.
+
+    Returns
+    -------
+    rows : list of dict
+        As ``read_manifest``.
+    rejected : list of dict
+        ``{"id", "wav", "line", "reason"}`` of each rejected row, in file order.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such manifest.
+    ValueError
+        A required column is missing, or ``wav`` uses ``$data_root`` and no
+        ``data_root`` is given.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "m.csv"
+    >>> _ = path.write_text(
+    ...     "ID,duration,wav,captions\\na,1.5,a.wav,Coins worth $5.\\nb,abc,b.wav,Rain.\\n"
+    ... )
+    >>> rows, rejected = check_manifest(path)
+    >>> rows[0]["captions"], rejected
+    ('Coins worth $5.', [{'id': 'b', 'wav': '', 'line': 3, 'reason': "non-numeric duration 'abc'"}])
+    """
     manifest_csv = Path(manifest_csv)
     if not manifest_csv.is_file():
         raise FileNotFoundError(f"manifest not found: {manifest_csv}")
-    with open(manifest_csv, newline="", encoding="utf-8") as fin:
-        header = next(iter(fin), "").strip().split(",")
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ValueError(
-            f"{manifest_csv}: missing column(s) {', '.join(missing)}; a pretraining manifest "
-            f"has {', '.join(REQUIRED_COLUMNS)} (found {', '.join(header)})"
-        )
     # Imported here: the writer processes import this module and need no speechbrain/torch.
-    from speechbrain.dataio.dataio import load_data_csv
+    from speechbrain_slap.data.manifest import validate_manifest
 
-    replacements = {} if data_root is None else {"data_root": str(data_root)}
     try:
-        data = load_data_csv(str(manifest_csv), replacements=replacements)
-    except KeyError as err:
-        raise ValueError(
-            f"{manifest_csv}: {err.args[0]} (the manifest uses $data_root: pass data_root, "
-            "--data-root on the command line)"
-        ) from None
+        found, rejected = validate_manifest(
+            manifest_csv, _NO_DATA_ROOT if data_root is None else data_root
+        )
     except ValueError as err:
-        raise ValueError(f"{manifest_csv}: {err}") from None
-    return [{"ID": key, **row} for key, row in data.items()]
+        raise ValueError(
+            f"{err}; a pretraining manifest has {', '.join(REQUIRED_COLUMNS)}"
+        ) from None
+    rows = [{"ID": key, **row} for key, row in found.items()]
+    if data_root is None:
+        needs_root = [row["ID"] for row in rows if _NO_DATA_ROOT in row["wav"]]
+        if needs_root:
+            raise ValueError(
+                f"{manifest_csv}: wav of {needs_root[0]} uses $data_root; pass data_root "
+                "(--data-root on the command line)"
+            )
+    return rows, [{"id": r.id, "wav": "", "line": r.line, "reason": r.reason} for r in rejected]
 
 
 def plan_shards(
@@ -279,6 +334,35 @@ def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
+def duration_bins(durations: Sequence[float]) -> dict[str, list]:
+    """Clip count and seconds per whole second of duration (an index entry's ``duration_bins``).
+
+    With them a reader finds the seconds of a shard with every clip capped at
+    any whole number of seconds (``speechbrain_slap.data.stream.capped_seconds``).
+
+    Arguments
+    ---------
+    durations : sequence of float
+        Seconds of each clip.
+
+    Returns
+    -------
+    dict
+        ``{str(floor(seconds)): [clips, seconds]}``, sorted by bin.
+
+    Example
+    -------
+    >>> duration_bins([0.5, 1.25, 1.5, 12.0])
+    {'0': [1, 0.5], '1': [2, 2.75], '12': [1, 12.0]}
+    """
+    bins = {}
+    for duration in durations:
+        entry = bins.setdefault(int(duration), [0, 0.0])
+        entry[0] += 1
+        entry[1] += float(duration)
+    return {str(b): [bins[b][0], round(bins[b][1], 3)] for b in sorted(bins)}
+
+
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes):
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -295,6 +379,8 @@ def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float]:
     audio = load_audio(row["wav"], sample_rate)
     if audio.size == 0:
         raise ValueError("empty audio")
+    if not np.isfinite(audio).all():  # would be quantised to arbitrary int16 values
+        raise ValueError("samples are NaN or infinite")
     flac = io.BytesIO()
     soundfile.write(flac, quantize_pcm16(audio), sample_rate, format="FLAC", subtype="PCM_16")
     seconds = audio.size / sample_rate
@@ -318,8 +404,8 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
     Returns
     -------
     dict
-        ``{"name", "samples", "seconds", "bytes", "skipped": [{"id", "wav",
-        "reason"}]}``.
+        ``{"name", "samples", "seconds", "bytes", "duration_bins" (see
+        ``duration_bins``), "skipped": [{"id", "wav", "reason"}]}``.
 
     Example
     -------
@@ -332,7 +418,7 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    samples, seconds, skipped = 0, 0.0, []
+    samples, seconds, skipped, durations = 0, 0.0, [], []
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for index, row in rows:
             key = sample_key(index)
@@ -346,12 +432,14 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
             _add_member(tar, f"{key}.flac", flac)
             samples += 1
             seconds += duration
+            durations.append(duration)
     os.replace(tmp, path)
     return {
         "name": path.name,
         "samples": samples,
         "seconds": round(seconds, 3),
         "bytes": path.stat().st_size,
+        "duration_bins": duration_bins(durations),
         "skipped": skipped,
     }
 
@@ -372,13 +460,14 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
     0.1
     """
     path = Path(path)
-    samples, seconds, keys = 0, 0.0, set()
+    samples, seconds, keys, durations = 0, 0.0, set(), []
     with tarfile.open(path, "r") as tar:
         for member in tar:
             if member.name.endswith(".json"):
                 meta = json.loads(tar.extractfile(member).read())
                 samples += 1
                 seconds += float(meta["duration"])
+                durations.append(float(meta["duration"]))
                 keys.add(member.name.split(".", 1)[0])
     skipped = [
         {"id": row["ID"], "wav": row["wav"], "reason": "skipped when the shard was written"}
@@ -390,6 +479,7 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
         "samples": samples,
         "seconds": round(seconds, 3),
         "bytes": path.stat().st_size,
+        "duration_bins": duration_bins(durations),
         "skipped": skipped,
     }
 
@@ -473,7 +563,7 @@ def write_shards(
     max_shard_size = parse_size(max_shard_size)
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-    rows = read_manifest(manifest_csv, data_root)
+    rows, rejected = check_manifest(manifest_csv, data_root)
     plan = plan_shards(
         [row["duration"] for row in rows],
         max_shard_size,
@@ -547,7 +637,7 @@ def write_shards(
     bar.close()
 
     shards = [results[path.name] for path, _ in jobs]
-    skipped = [item for stats in shards for item in stats.pop("skipped")]
+    skipped = rejected + [item for stats in shards for item in stats.pop("skipped")]
     for item in skipped:
         logger.warning("skipped %s (%s): %s", item["id"], item["wav"], item["reason"])
     index.update(

@@ -28,7 +28,8 @@ How an epoch is read, on rank ``r`` of ``R`` with ``W`` loader workers:
    needs the same number of steps on every rank; ``Brain.fit`` gets a
    length). By default this is one pass over the data estimated from the
    shards' ``shards.json``: ``ceil(max(seconds / batch_seconds, clips /
-   max_batch_clips) / R)``. An epoch thus sees about every clip once;
+   max_batch_clips) / R)``, each clip's seconds capped at ``max_duration``
+   as packing counts them (``capped_seconds``). An epoch thus sees about every clip once;
    greedy packing leaves the last few of each worker for a later epoch.
 
 Randomness is seeded by ``(seed, epoch, rank, worker)`` and, for crops and
@@ -149,6 +150,44 @@ def read_index(shards: Sequence[str]) -> list[dict] | None:
             return None
         entries.append(by_folder[folder][name])
     return entries
+
+
+def capped_seconds(entry: dict, max_duration: float) -> float:
+    """Seconds of a ``shards.json`` shard entry with each clip capped at ``max_duration``.
+
+    Exact for a whole number of seconds, from the entry's ``duration_bins``;
+    within a fractional cap's bin each clip is counted as its bin's mean
+    capped. An entry without ``duration_bins`` (an index written before
+    them) gives its uncapped ``seconds``: an over-estimate when clips are
+    longer than ``max_duration``.
+
+    Arguments
+    ---------
+    entry : dict
+        ``{"seconds", "duration_bins": {str(second): [clips, seconds]}}``.
+    max_duration : float
+        Seconds a clip counts at most.
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> entry = {"seconds": 42.0, "duration_bins": {"2": [1, 2.0], "20": [2, 40.0]}}
+    >>> capped_seconds(entry, 10.0), capped_seconds({"seconds": 42.0}, 10.0)
+    (22.0, 42.0)
+    """
+    bins = entry.get("duration_bins")
+    if bins is None:
+        return float(entry["seconds"])
+    total = 0.0
+    for second, (clips, seconds) in bins.items():
+        if int(second) + 1 <= max_duration:  # every clip of the bin is shorter than the cap
+            total += float(seconds)
+        else:
+            total += min(float(seconds), clips * max_duration)
+    return total
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -430,14 +469,18 @@ class ShardStream(IterableDataset):
         self.skip_batches = 0
 
     def estimate_batches_per_epoch(self) -> int:
-        """Batches per rank for one pass over the shards, from their ``shards.json``."""
+        """Batches per rank for one pass over the shards, from their ``shards.json``.
+
+        Each clip counts at most ``max_duration`` seconds, as packing charges
+        it (``capped_seconds``).
+        """
         entries = read_index(self.shards)
         if entries is None:
             raise ValueError(
                 f"the shards ({self.shards[0]}, ...) have no {INDEX_NAME} listing them all: "
                 "give batches_per_epoch"
             )
-        seconds = sum(float(e["seconds"]) for e in entries)
+        seconds = sum(capped_seconds(e, self.max_duration) for e in entries)
         clips = sum(int(e["samples"]) for e in entries)
         batches = max(seconds / self.batch_seconds, clips / self.max_batch_clips)
         return max(1, math.ceil(batches / self.world_size))

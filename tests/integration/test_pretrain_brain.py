@@ -324,3 +324,48 @@ def test_first_optimizer_step_uses_warmup_lr(make_brain, make_batch, train_step)
         train_step(brain, batch)
     schedule = hparams["lr_schedule"]
     assert used == pytest.approx([schedule.lr_at(k) for k in (1, 2, 3)])
+
+
+def test_train_stage_start_resets_per_epoch_state(make_brain, make_batch, train_step):
+    """Each epoch's loss components average that epoch's steps; stale skip marks are dropped."""
+    brain, hparams, datasets = make_brain()
+    batch = make_batch(datasets["train"])
+    brain.on_fit_start()
+    epoch_losses = []
+    for epoch in (1, 2):
+        brain.on_stage_start(sb.Stage.TRAIN, epoch)
+        train_step(brain, batch)
+        epoch_losses.append(dict(brain.loss_stats))
+        brain.on_stage_end(sb.Stage.TRAIN, 0.0, epoch)
+    assert epoch_losses[0]["clap"] != epoch_losses[1]["clap"]
+    for key, value in epoch_losses[1].items():
+        assert brain.train_stats[f"loss_{key}"] == pytest.approx(value)
+    # A skip mark left by an unfinished step of the last epoch does not skip the next one.
+    brain._nonfinite_loss = brain._empty_in_step = True
+    brain.on_stage_start(sb.Stage.TRAIN, 3)
+    before = brain.optimizer_step
+    train_step(brain, batch)
+    assert brain.optimizer_step == before + 1
+
+
+def test_zero_shot_leaves_out_clips_without_a_zero_shot_class(make_brain):
+    """Label -1 (sound_type not a zero-shot class) is counted, not scored, and never raises."""
+    from speechbrain_slap.metrics import zero_shot_accuracy
+
+    brain, hparams, _ = make_brain()
+    prompts = list(hparams["zeroshot_prompts"])
+    dim = brain._embed_texts(prompts[:1]).shape[1]
+    audio = torch.randn(4, dim)
+    brain.eval_audio = [audio]
+    brain.eval_captions = [["a dog barks"], ["rain"], ["wind"], ["a bell"]]
+    brain.eval_labels = [torch.tensor([0, -1, 1, -1])]
+    metrics, _, _ = brain.evaluate_retrieval()
+    assert metrics["zeroshot_unlabelled"] == 2
+    normed = torch.nn.functional.normalize(audio, dim=-1)
+    text = torch.nn.functional.normalize(brain._embed_texts(prompts), dim=-1)
+    expected = zero_shot_accuracy(normed[[0, 2]] @ text.T, [0, 1])
+    assert metrics["zeroshot_accuracy"] == pytest.approx(expected)
+
+    brain.eval_labels = [torch.full((4,), -1)]
+    metrics, _, _ = brain.evaluate_retrieval()
+    assert metrics["zeroshot_unlabelled"] == 4 and "zeroshot_accuracy" not in metrics

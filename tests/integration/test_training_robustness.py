@@ -401,3 +401,36 @@ def test_ranks_agree_to_skip_a_step_that_one_of_them_found_non_finite(tmp_path):
     torch.multiprocessing.spawn(_skip_reason_rank, args=(tmp_path, results), nprocs=2)
     reasons = [(results / f"rank{r}.txt").read_text() for r in range(2)]
     assert reasons == ["non-finite loss", "non-finite loss or gradient on another rank"]
+
+
+def test_manifest_column_named_like_a_pipeline_output_is_dropped(tmp_path, caplog):
+    from speechbrain_slap.data.manifest import dataio_prepare
+    from speechbrain_slap.lobes.caption_decoder import decode_ids, train_caption_tokenizer
+
+    soundfile.write(tmp_path / "a.wav", np.zeros(RATE // 2, np.float32), RATE)
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.csv").write_text(
+            "ID,duration,wav,captions,caption\na,0.5,$data_root/a.wav,alpha | beta | gamma,alpha\n"
+        )
+    (tmp_path / "caps.csv").write_text("id,caption\n0,alpha\n1,beta\n2,gamma\n")
+    tokenizer = train_caption_tokenizer(tmp_path / "caps.csv", tmp_path / "tok", model_type="char")
+    hparams = {
+        "train_csv": tmp_path / "train.csv",
+        "valid_csv": tmp_path / "valid.csv",
+        "test_csv": tmp_path / "test.csv",
+        "data_folder": tmp_path,
+        "output_folder": tmp_path,
+        "sample_rate": RATE,
+        "max_duration": 10.0,
+        "max_caption_tokens": 16,
+    }
+    with caplog.at_level(logging.WARNING):
+        datasets = dataio_prepare(hparams, tokenizer)
+    assert "['caption']" in caplog.text
+    seen = set()
+    for _ in range(40):
+        item = datasets["train"][0]
+        assert item["caption"] == decode_ids(tokenizer.sp, item["tokens_out"].tolist())
+        seen.add(item["caption"])
+    assert seen == {"alpha", "beta", "gamma"}
+    assert datasets["valid"][0]["caption"] == "alpha"

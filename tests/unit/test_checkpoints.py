@@ -238,3 +238,28 @@ def test_random_state_reads_the_one_process_format(tmp_path):
     torch.manual_seed(6)
     RandomState().load(tmp_path / "rng.ckpt")
     assert torch.equal(torch.rand(2), expected)
+
+
+def test_swap_cut_between_its_renames_restores_the_old_checkpoint(tmp_path):
+    """``.stale-X`` and ``.partial-X`` without ``X``: the old ``X`` comes back, then loads."""
+    model = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(tmp_path, {"model": model})
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    old = checkpointer.save_checkpoint(meta={"v": 1}, name="latest")
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    new = checkpointer.save_checkpoint(meta={"v": 2}, name="other")
+    # The folder state of a kill after "X -> .stale-X" and before ".partial-X -> X".
+    os.replace(old.path, old.path.with_name(STALE_PREFIX + old.path.name))
+    os.replace(new.path, old.path.with_name(PARTIAL_PREFIX + old.path.name))
+    # A removal cut short (no partial folder beside it) is not restored.
+    half_deleted = tmp_path / (STALE_PREFIX + "CKPT+gone")
+    half_deleted.mkdir()
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    fresh = AtomicCheckpointer(tmp_path, {"model": model})
+    found = fresh.recover_if_possible()
+    assert _names(tmp_path) == [old.path.name]
+    assert found.path == old.path and found.meta["v"] == 1
+    assert torch.all(model.weight == 1.0)

@@ -259,3 +259,29 @@ def test_command_line(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(manifest), str(out), "--max-shard-size", "lots"])
     assert "lots" in capsys.readouterr().err
+
+
+def test_bad_rows_and_nonfinite_audio_are_skipped_not_fatal(corpus, tmp_path):
+    """A ``$`` in a caption is kept; a bad duration and NaN/Inf audio go to ``skipped``."""
+    folder, manifest = corpus
+    rows = read_manifest(manifest, data_root=folder)
+    tone = np.sin(np.arange(1600) / 5.0).astype(np.float32)
+    for name, value in (("nan", np.nan), ("inf", np.inf)):
+        audio = tone.copy()
+        audio[10] = value
+        soundfile.write(tmp_path / f"{name}.wav", audio, 16000, subtype="FLOAT")
+    extra = [
+        {**rows[0], "ID": "dollar", "captions": "Coins worth $5 drop."},
+        {**rows[0], "ID": "bad_duration", "duration": "abc"},
+        {**rows[0], "ID": "nan", "wav": str(tmp_path / "nan.wav")},
+        {**rows[0], "ID": "inf", "wav": str(tmp_path / "inf.wav")},
+    ]
+    manifest = _write_manifest(tmp_path / "m.csv", rows + extra)
+    index = write_shards(manifest, tmp_path / "out", progress=False)
+    reasons = {item["id"]: item["reason"] for item in index["skipped"]}
+    assert reasons.keys() == {"bad_duration", "nan", "inf"}
+    assert "non-numeric duration" in reasons["bad_duration"]
+    assert "NaN or infinite" in reasons["nan"] and "NaN or infinite" in reasons["inf"]
+    samples = _samples(tmp_path / "out")
+    assert samples["dollar"][0]["captions"] == ["Coins worth $5 drop."]
+    assert index["num_samples"] == N_TRAIN + 1

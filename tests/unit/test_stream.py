@@ -282,3 +282,30 @@ def test_loader_workers_split_shards_and_resume(corpus, tmp_path):
     assert _ids(loader) == batches[3:]
     with pytest.raises(ValueError, match="world_size x num_workers"):
         StreamLoader(_stream(expand_shards(shards)[:1]), num_workers=2)
+
+
+def _stored_durations(shards_dir):
+    """Seconds of every stored clip, from the shards' JSON members."""
+    durations = []
+    for shard in expand_shards(shards_dir):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    durations.append(json.loads(tar.extractfile(member).read())["duration"])
+    return durations
+
+
+@pytest.mark.parametrize("max_duration", [1.0, 2.0, 1.5])
+def test_one_pass_estimate_charges_clips_at_most_max_duration(corpus, max_duration):
+    """Clips longer than max_duration count max_duration, as packing counts them."""
+    shards, *_ = corpus
+    durations = _stored_durations(shards)
+    assert max(durations) > 2.0  # the cap matters
+    stream = ShardStream(shards, 3.0, 100, max_duration=max_duration, rank=0, world_size=1)
+    capped = sum(min(d, max_duration) for d in durations)
+    if max_duration == int(max_duration):  # exact
+        assert len(stream) == int(np.ceil(capped / 3.0))
+    else:  # a fractional cap may count its straddling bin's clips at their mean
+        ceiling = sum(min(d, np.ceil(max_duration)) for d in durations)
+        assert int(np.ceil(capped / 3.0)) <= len(stream) <= int(np.ceil(ceiling / 3.0))
+    assert len(stream) < np.ceil(sum(durations) / 3.0)  # the uncapped seconds over-count
