@@ -518,7 +518,8 @@ def load_index(source) -> tuple[np.ndarray, list[str], dict]:
         with np.load(source, allow_pickle=False) as data:
             embeddings, paths = data["embeddings"], data["paths"].tolist()
             meta = json.loads(str(data["meta"]))
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # (a .npy, e.g. what `slap embed` writes, loads as an array: TypeError)
         raise CommandError(f"{name}: not a slap index ({type(error).__name__}: {error})") from None
     if meta.get("format") != INDEX_FORMAT or embeddings.shape[:1] != (len(paths),):
         raise CommandError(f"{name}: not a {INDEX_FORMAT} index")

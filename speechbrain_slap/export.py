@@ -26,6 +26,8 @@ Authors
 """
 
 import hashlib
+import importlib
+import inspect
 import io
 import json
 import logging
@@ -208,6 +210,42 @@ ALLOWED_YAML_TARGETS = (
     "sentencepiece.SentencePieceProcessor",
 )
 _SAFE_TAGS = ("!ref", "!copy", "!tuple", "!PLACEHOLDER")
+# Plain YAML data; every other ``tag:yaml.org,2002:`` tag (``!!python/...``) builds objects.
+_CORE_TAGS = {
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map")
+}
+
+
+def _is_allowed_target(target: str, allowed: tuple[str, ...]) -> bool:
+    """Whether a dotted ``!new:``/``!name:``/``!apply:`` target stays inside ``allowed``.
+
+    The target is resolved as HyperPyYAML resolves it (the longest importable
+    module, then attributes), importing only modules whose names pass the
+    prefix check. Every module met on the way and the object reached must be
+    inside ``allowed`` too, so ``allowed.module.os.system`` (a module that
+    imports ``os``) or a re-exported foreign function is refused.
+    """
+    if not target.startswith(allowed):
+        return False
+    parts = target.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        break
+    else:
+        return False
+    for name in parts[split:]:
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return False
+        if inspect.ismodule(obj) and not f"{obj.__name__}.".startswith(allowed):
+            return False
+    if inspect.ismodule(obj) or not callable(obj):
+        return not inspect.ismodule(obj)  # plain data reached through allowed modules
+    qualified = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+    return qualified.startswith(allowed)
 
 
 def untrusted_yaml_targets(
@@ -216,9 +254,13 @@ def untrusted_yaml_targets(
     """The tags of a HyperPyYAML file that build or call something outside ``allowed``.
 
     HyperPyYAML is executable configuration: ``!new:``, ``!name:``, ``!apply:``
-    and ``!module:`` tags import and run arbitrary Python, and ``!include:``
-    reads other files. This lists every such tag whose target is not inside
-    the allow-list (nothing is imported or run to find them).
+    and ``!module:`` tags import and run Python, ``!include:`` reads other
+    files, and YAML's own ``!!python/...`` tags build objects. This lists every
+    tag that is not plain data, a reference, or a ``!new:``/``!name:``/
+    ``!apply:`` whose target resolves inside the allow-list (only modules that
+    pass the prefix check are imported to find out), and every ``paths`` entry
+    of the ``pretrainer`` (a model folder's weights are its own ``<name>.ckpt``
+    files, which ``SHA256SUMS`` covers).
 
     Arguments
     ---------
@@ -236,9 +278,10 @@ def untrusted_yaml_targets(
     -------
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "hyperparams.yaml"
-    >>> _ = path.write_text("a: !new:torch.nn.Linear [2, 2]\\nb: !apply:os.system [ls]\\n")
+    >>> text = "a: !new:torch.nn.Linear [2, 2]\\nb: !apply:os.system [ls]\\n"
+    >>> _ = path.write_text(text + "c: !apply:torch.nn.modules.module.torch.ones [2]\\n")
     >>> untrusted_yaml_targets(path)
-    ['!apply:os.system']
+    ['!apply:os.system', '!apply:torch.nn.modules.module.torch.ones']
     """
     with open(yaml_file) as fin:
         tree = YAML().load(fin)
@@ -246,9 +289,9 @@ def untrusted_yaml_targets(
 
     def visit(node):
         tag = getattr(getattr(node, "tag", None), "value", None)
-        if tag and tag.startswith("!") and not tag.startswith(_SAFE_TAGS):
+        if tag and tag not in _CORE_TAGS and not tag.startswith(_SAFE_TAGS):
             kind, _, target = tag.partition(":")
-            if kind not in ("!new", "!name", "!apply") or not target.startswith(allowed):
+            if kind not in ("!new", "!name", "!apply") or not _is_allowed_target(target, allowed):
                 found.append(tag)
         if isinstance(node, dict):
             for value in node.values():
@@ -258,6 +301,9 @@ def untrusted_yaml_targets(
                 visit(value)
 
     visit(tree)
+    pretrainer = tree.get("pretrainer") if isinstance(tree, dict) else None
+    if isinstance(pretrainer, dict) and pretrainer.get("paths"):
+        found.extend(f"pretrainer paths: {key}" for key in pretrainer["paths"])
     return found
 
 
@@ -466,10 +512,13 @@ def export_model(
     text = inference_yaml(training_yaml)
 
     model_folder.mkdir(parents=True, exist_ok=True)
+    for stale in model_folder.iterdir():  # an earlier export's files (overwrite)
+        if stale.is_file() and (stale.suffix in WEIGHT_SUFFIXES or stale.name == SUMS_FILE):
+            stale.unlink()
     for name, source in sources.items():
         shutil.copyfile(source, model_folder / name)
     (model_folder / "hyperparams.yaml").write_text(text)
-    write_checksums(model_folder, list(sources))
+    write_checksums(model_folder, [*sources, "hyperparams.yaml"])
     results = output_folder / "test_results.json"
     metrics = json.loads(results.read_text()) if results.is_file() else None
     (model_folder / "README.md").write_text(

@@ -16,19 +16,24 @@ embedding alone or inside any batch.
 
 Long audio (the documented rule)
 --------------------------------
-A clip longer than ``max_duration`` (30 s) is cut into windows of
-``max_duration`` seconds starting every ``window_hop`` seconds (default: the
+The encoder keeps whole 160 ms time patches (``packing.num_time_patches``), so
+a window is ``max_duration`` rounded down to whole patches: 29.91 s (478,560
+samples, 187 patches) at the default 30 s. A longer clip is cut into such
+windows starting every ``window_hop`` seconds (default and upper bound: the
 window length, i.e. no overlap); the last window is aligned to the end of the
-clip, so every sample is seen and no window is shorter than ``max_duration``.
-The clip embedding is the mean of the L2-normalised window embeddings,
-L2-normalised again. Captions attend to the tokens of all windows; frame
-embeddings are taken from the windows in order, each time step from the first
-window that covers it. Nothing is dropped.
+clip, so every window sample is encoded and no window is shorter than the
+others. The clip embedding is the mean of the L2-normalised window
+embeddings, L2-normalised again. Captions attend to the tokens of all windows;
+frame embeddings are taken from the windows in order, each time step from the
+first window that covers it. The only audio not encoded is what the
+whole-patch rule leaves at the end of a clip no longer than one window (less
+than 160 ms), as in training.
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,9 +43,11 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain_slap.data.audio import check_waveform, load_audio
 from speechbrain_slap.export import check_yaml_targets, verify_checksums
 from speechbrain_slap.lobes.caption_decoder import decode_ids
-from speechbrain_slap.lobes.features import pad_waveforms
+from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
-from speechbrain_slap.lobes.packing import PATCH_FRAMES, unpack_tokens
+from speechbrain_slap.lobes.packing import PATCH_FRAMES, num_time_patches, unpack_tokens
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "This is a sound of {label}."
 
@@ -105,11 +112,15 @@ class SLAP(Pretrained):
         super().__init__(*args, **kwargs)
         self.batch_seconds = batch_seconds
         self.sample_rate = int(self.hparams.sample_rate)
-        self.window = int(round(float(self.hparams.max_duration) * self.sample_rate))
-        self.hop = int(round(float(self.hparams.window_hop) * self.sample_rate))
+        self.hop_samples = self.mods.compute_features.hop_samples
+        longest = int(round(float(self.hparams.max_duration) * self.sample_rate))
+        # Whole patches only: frames = samples // hop + 1 = 16 * patches.
+        patches = num_time_patches(num_frames(longest, self.hop_samples))
+        self.window = (patches * PATCH_FRAMES - 1) * self.hop_samples
+        hop = int(round(float(self.hparams.window_hop) * self.sample_rate))
+        self.hop = min(hop, self.window)
         window_starts(self.window + 1, self.window, self.hop)  # validates the hop
-        self.frame_seconds = PATCH_FRAMES * self.mods.compute_features.hop_samples
-        self.frame_seconds /= self.sample_rate
+        self.frame_seconds = PATCH_FRAMES * self.hop_samples / self.sample_rate
 
     @classmethod
     def from_hparams(
@@ -139,7 +150,9 @@ class SLAP(Pretrained):
         trust_remote_code : bool
             Load a yaml that uses code outside the allow-list.
         **kwargs
-            ``savedir``, ``run_opts``, ``batch_seconds``... as for ``Pretrained``.
+            ``run_opts``, ``overrides``, ``batch_seconds``... as for
+            ``Pretrained``. The folder is read in place (no ``savedir``
+            links), so the files loaded are the files just verified.
 
         Returns
         -------
@@ -154,6 +167,9 @@ class SLAP(Pretrained):
         check_yaml_targets(folder / hparams_file, trust_remote_code)
         if verify:
             verify_checksums(folder)
+        if kwargs.pop("savedir", None) is not None:
+            # SpeechBrain reuses files already in a savedir, which may be older ones.
+            logger.info("%s: loaded in place; savedir is not used for local folders", source)
         return super().from_hparams(source=str(source), hparams_file=hparams_file, **kwargs)
 
     # -- audio in ---------------------------------------------------------------------
@@ -205,7 +221,7 @@ class SLAP(Pretrained):
     def _encode_windows(self, windows: Sequence[torch.Tensor]):
         """Packed encoder pass over windows; yields ``(tokens, packed)`` per chunk."""
         for chunk in self._chunks(windows):
-            wavs, wav_lens = pad_waveforms([windows[i] for i in chunk])
+            wavs, wav_lens = pad_waveforms([windows[i] for i in chunk], self.hop_samples)
             with self.inference_ctx:
                 feats = self.mods.compute_features(wavs.to(self.device))
                 packed = self.mods.audio_encoder.patchify(feats, wav_lens.to(self.device))
@@ -509,7 +525,7 @@ class SLAP(Pretrained):
         for feats, index, start in zip(steps, owner, starts, strict=True):
             offset = start / self.sample_rate
             times = offset + self.frame_seconds * torch.arange(feats.shape[0])
-            keep = times >= covered[index] - 1e-9
+            keep = times + self.frame_seconds > covered[index] + 1e-9  # not covered yet
             per_clip[index][0].append(feats[keep])
             per_clip[index][1].append(times[keep])
             if keep.any():

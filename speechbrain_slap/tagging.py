@@ -49,7 +49,7 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_slap.export import write_checksums
+from speechbrain_slap.export import verify_checksums, write_checksums
 from speechbrain_slap.lobes.features import pad_to_hop
 from speechbrain_slap.lobes.packing import frames_from_relative_lengths
 from speechbrain_slap.metrics import accuracy, macro_average_precision
@@ -441,6 +441,7 @@ def load_pretrained_slap(pretrainer, model_folder: str | Path | None) -> bool:
             f"pretrained_model {model_folder}: missing {missing}; expected a SLAP model "
             "folder (audio_encoder.ckpt, audio_pooling.ckpt, ... as `slap export` writes)"
         )
+    verify_checksums(model_folder)
     sb.utils.distributed.run_on_main(pretrainer.collect_files)
     pretrainer.load_collected()
     logger.info("loaded %s from %s", ", ".join(pretrainer.loadables), model_folder)
@@ -703,7 +704,8 @@ def _model_card(title, scalars, label_encoder, multilabel, metrics) -> str:
         "",
         "A SLAP audio encoder (packed Transformer over 16x16 log-mel patches, "
         "multi-head attention pooling) fine-tuned with a linear classification layer, "
-        "as in the SLAP paper (Sec. 3.1). Input: 16 kHz mono audio of any duration.",
+        "as in the SLAP paper (Sec. 3.1). Input: 16 kHz mono audio; EncoderClassifier encodes "
+        "a clip whole (no windowing), so use clips up to the 30 s the model was trained on.",
         "",
         f"- Task: {kind}, {len(labels)} classes",
         f"- Classes: {shown}",

@@ -9,6 +9,7 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -112,11 +113,50 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
         raise AudioLoadError(source, "not a file")
     try:
         audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError, EOFError) as error:
+    except Exception as error:  # libsndfile's errors, and TypeError for headerless files
         raise AudioLoadError(source, f"cannot decode audio ({error})") from None
     if audio.size == 0:
         raise AudioLoadError(source, "no audio samples")
     wav = check_waveform(torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1))), source)
-    if rate != sample_rate:
-        wav = torchaudio.functional.resample(wav, rate, sample_rate)
-    return wav
+    return resample(wav, rate, sample_rate)
+
+
+# torchaudio's resampling kernel has (new / g) x (orig / g) taps, g = gcd of the rates:
+# fine for the usual rates (44.1 kHz -> 16 kHz: 160 x 441), gigabytes for odd ones.
+MAX_RESAMPLE_FACTOR = 1000
+
+
+def resample(wav: torch.Tensor, rate: int, target: int) -> torch.Tensor:
+    """Resamples a 1-D waveform from ``rate`` to ``target`` Hz.
+
+    ``torchaudio.functional.resample`` (what training uses) when the reduced
+    ratio is small; a polyphase filter (``scipy.signal.resample_poly``) for
+    odd rates such as 44,101 Hz, whose torchaudio kernel would need gigabytes.
+
+    Arguments
+    ---------
+    wav : torch.Tensor
+        ``(n,)`` float32 waveform.
+    rate, target : int
+        Sample rates in Hz.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(round(n * target / rate),)`` float32 waveform.
+
+    Example
+    -------
+    >>> resample(torch.zeros(44101), 44101, 16000).shape
+    torch.Size([16000])
+    """
+    if rate == target:
+        return wav
+    divisor = math.gcd(rate, target)
+    up, down = target // divisor, rate // divisor
+    if max(up, down) <= MAX_RESAMPLE_FACTOR:
+        return torchaudio.functional.resample(wav, rate, target)
+    from scipy.signal import resample_poly
+
+    out = resample_poly(wav.double().numpy(), up, down)
+    return torch.from_numpy(out).float()[: round(wav.numel() * target / rate)]

@@ -18,6 +18,7 @@ import soundfile
 import torch
 
 from speechbrain_slap import cli
+from speechbrain_slap.export import write_checksums
 from speechbrain_slap.inference import SLAP
 
 RATE = 16000
@@ -250,6 +251,7 @@ def test_yaml_outside_the_allow_list_needs_trust_remote_code(
     shutil.copytree(slap_model_folder, folder)
     with open(folder / "hyperparams.yaml", "a") as fout:
         fout.write("\nworking_directory: !apply:os.getcwd []\n")
+    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")] + ["hyperparams.yaml"])
     argv = ("embed", "--model", folder, audio["short"], "-o", tmp_path / "e.npy", "--quiet")
     code, _, stderr = _run(capsys, *argv)
     assert code == 2
@@ -277,6 +279,9 @@ def test_usage_errors_exit_2(slap_model_folder, audio, tmp_path, capsys):
     code, _, stderr = _run(capsys, "index", *model_args, tmp_path, "-o", tmp_path / "i.npz")
     assert code == 2 and "no audio file" in stderr
     code, _, stderr = _run(capsys, "search", *model_args, audio["short"], "rain")
+    assert code == 2 and "not a slap index" in stderr
+    np.save(tmp_path / "emb.npy", np.zeros((2, 64), np.float32))  # what `embed` writes
+    code, _, stderr = _run(capsys, "search", *model_args, tmp_path / "emb.npy", "rain")
     assert code == 2 and "not a slap index" in stderr
     assert _run(capsys, "--help")[0] == 0
 

@@ -45,6 +45,7 @@ def _assert_embedding(emb: torch.Tensor):
         ("empty.wav", b"", "cannot decode audio"),
         ("notes.wav", b"this is a text file, not audio\n" * 10, "cannot decode audio"),
         ("garbage.flac", bytes(range(256)) * 8, "cannot decode audio"),
+        ("headerless.raw", bytes(range(256)) * 8, "cannot decode audio"),
     ],
 )
 def test_undecodable_files(model, tmp_path, name, content, reason):
@@ -103,7 +104,7 @@ def test_silence_and_one_sample(model, tmp_path):
 
 def test_sample_rates_channels_and_sample_formats(model, tmp_path):
     reference = model.encode_waveforms([torch.from_numpy(_tone(2.0, RATE))])[0]
-    for rate in (8000, 44100, 48000):
+    for rate in (8000, 44100, 48000, 44101):  # 44,101 Hz: polyphase resampling
         soundfile.write(tmp_path / f"r{rate}.wav", _tone(2.0, rate), rate, subtype="FLOAT")
         emb = model.encode_file(tmp_path / f"r{rate}.wav")
         _assert_embedding(emb)

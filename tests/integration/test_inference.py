@@ -67,7 +67,7 @@ def test_model_folder_files_and_card(slap_model_folder):
         ]
     )
     assert sorted(verify_checksums(slap_model_folder)) == sorted(
-        n for n in names if n.endswith(".ckpt")
+        [n for n in names if n.endswith(".ckpt")] + ["hyperparams.yaml"]
     )
     card = (slap_model_folder / "README.md").read_text()
     assert "| t2a_R@1 | 0.125 |" in card and "| a2t_R@1 | 0.25 |" in card
@@ -219,17 +219,30 @@ def test_window_rule():
         window_starts(75, 30, 31)
 
 
+def test_windows_are_whole_patches(model):
+    # 30 s -> 3001 frames -> 187 patches of 16 frames = 2992 frames = 478,560 samples.
+    assert model.window == 478_560
+    assert model.hop == model.window  # window_hop 30 s is capped at the window
+    packed = model.mods.audio_encoder.patchify(
+        model.mods.compute_features(torch.zeros(1, model.window))
+    )
+    assert packed.cu_seqlens[-1] == 187 * 4  # every frame of a window is in a patch
+
+
 def test_long_audio_is_the_mean_of_its_windows(model):
     clip = torch.cat([_tone(25.0, 300, seed=7), _tone(25.0, 800, seed=8), _tone(25.0, 150, seed=9)])
-    window = 30 * RATE
-    parts = [clip[s : s + window] for s in (0, 30 * RATE, 45 * RATE)]
+    starts = window_starts(clip.numel(), model.window, model.hop)
+    assert starts == [0, model.window, clip.numel() - model.window]
+    parts = [clip[s : s + model.window] for s in starts]
     expected = _unit(model.encode_waveforms(parts).sum(0))
     long = model.encode_waveforms([clip])[0]
     assert torch.allclose(long, expected, atol=1e-5)
-    # Nothing is dropped: changing only the last second changes the embedding.
-    changed = clip.clone()
-    changed[-RATE:] = _tone(1.0, 2000, seed=10)
-    assert not torch.allclose(model.encode_waveforms([changed])[0], long, atol=1e-4)
+    # Nothing is dropped: changing only the last second, or 20 ms at the end of the
+    # first window, changes the embedding.
+    for start, stop in ((clip.numel() - RATE, clip.numel()), (model.window - 320, model.window)):
+        changed = clip.clone()
+        changed[start:stop] = torch.linspace(-0.9, 0.9, stop - start)
+        assert not torch.allclose(model.encode_waveforms([changed])[0], long, atol=1e-4)
     # Alone or next to a short clip, the same.
     batch = model.encode_waveforms([_tone(1.0), clip])
     assert torch.allclose(batch[1], long, atol=1e-5)
@@ -237,10 +250,18 @@ def test_long_audio_is_the_mean_of_its_windows(model):
 
 def test_window_hop_is_configurable(slap_model_folder):
     overlapping = SLAP.from_hparams(source=str(slap_model_folder), overrides={"window_hop": 20.0})
+    assert overlapping.hop == 20 * RATE
     clip = torch.cat([_tone(40.0, 300, seed=11), _tone(10.0, 900, seed=12)])
-    parts = [clip[s * RATE : (s + 30) * RATE] for s in (0, 20)]
+    starts = window_starts(clip.numel(), overlapping.window, overlapping.hop)
+    assert starts == [0, 20 * RATE, clip.numel() - overlapping.window]
+    parts = [clip[s : s + overlapping.window] for s in starts]
     expected = _unit(overlapping.encode_waveforms(parts).sum(0))
     assert torch.allclose(overlapping.encode_waveforms([clip])[0], expected, atol=1e-5)
+    # Overlapping windows: each time step once, no gap between windows.
+    _, times, _ = overlapping.frame_embeddings(clip)
+    steps = times[0]
+    assert bool((steps[1:] > steps[:-1]).all())
+    assert float((steps[1:] - steps[:-1]).max()) <= 0.16 + 1e-4  # float32 times
 
 
 # -- text, classification, retrieval ----------
@@ -340,8 +361,8 @@ def test_frame_embeddings_of_long_audio_cover_it_once(model):
     assert bool((steps[1:] > steps[:-1]).all())
     assert float(steps[-1]) == pytest.approx(75.0 - 0.16, abs=0.17)
     assert frames.shape[1] == steps.numel() >= 75 / 0.16 - 2
-    # The first 30 s are the first window's steps.
-    first, _, _ = model.frame_embeddings(clip[: 30 * RATE])
+    # The first window's steps come first.
+    first, _, _ = model.frame_embeddings(clip[: model.window])
     assert torch.allclose(frames[0, : first.shape[1]], first[0], atol=1e-5)
 
 
@@ -359,10 +380,65 @@ def test_yaml_outside_the_allow_list_needs_trust(slap_model_folder, tmp_path):
     shutil.copytree(slap_model_folder, folder)
     with open(folder / "hyperparams.yaml", "a") as fout:
         fout.write("\nworking_directory: !apply:os.getcwd []\n")
+    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")] + ["hyperparams.yaml"])
     with pytest.raises(ModelFolderError, match=r"outside the allow-list: \['!apply:os.getcwd'\]"):
         SLAP.from_hparams(source=str(folder))
     trusted = SLAP.from_hparams(source=str(folder), trust_remote_code=True)
     assert trusted.hparams.working_directory == os.getcwd()
+
+
+@pytest.mark.parametrize(
+    ("line", "flagged"),
+    [
+        # An allowed module that imports os, and an allowed package reached back to torch.
+        ("cwd: !apply:speechbrain_slap.lobes.text_encoder.os.getcwd []", "text_encoder.os"),
+        ("ones: !apply:torch.nn.modules.module.torch.ones [2]", "module.torch.ones"),
+        ("cwd: !!python/object/apply:os.getcwd []", "python/object/apply:os.getcwd"),
+        ("other: !include:other.yaml", "!include:other.yaml"),
+        ("os_module: !module:os", "!module:os"),
+    ],
+)
+def test_allow_list_cannot_be_bypassed(slap_model_folder, tmp_path, line, flagged):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    with open(folder / "hyperparams.yaml", "a") as fout:
+        fout.write(f"\n{line}\n")
+    with pytest.raises(ModelFolderError, match="outside the allow-list") as error:
+        SLAP.from_hparams(source=str(folder))
+    assert flagged in str(error.value)
+
+
+def test_pretrainer_paths_outside_the_sums_are_refused(slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    text = (folder / "hyperparams.yaml").read_text()
+    text += "\n"  # the pretrainer is the last entry
+    paths = "    paths:\n        audio_encoder: /elsewhere/x.ckpt\n"
+    text = text.replace(
+        "        tokenizer: !ref <tokenizer>\n", f"        tokenizer: !ref <tokenizer>\n{paths}"
+    )
+    (folder / "hyperparams.yaml").write_text(text)
+    with pytest.raises(ModelFolderError, match="pretrainer paths: audio_encoder"):
+        SLAP.from_hparams(source=str(folder))
+
+
+def test_changed_yaml_is_caught_by_the_sums(slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    assert "hyperparams.yaml" in verify_checksums(folder)
+    with open(folder / "hyperparams.yaml", "a") as fout:
+        fout.write("\n# edited\n")
+    with pytest.raises(ModelFolderError, match=r"hyperparams.yaml: SHA-256 mismatch"):
+        SLAP.from_hparams(source=str(folder))
+
+
+def test_export_overwrite_replaces_every_file(recipe_output, slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    (folder / "old_extra.ckpt").write_bytes(b"from an earlier export")
+    export_model(recipe_output, folder, overwrite=True)
+    assert not (folder / "old_extra.ckpt").exists()
+    SLAP.from_hparams(source=str(folder))
 
 
 def test_unlisted_weight_files_are_refused(slap_model_folder, tmp_path):

@@ -49,6 +49,7 @@ def make_slap_model_folder():
     given ``embed_dim``, ``depth``, ``num_heads``, ``mlp_hidden``). Returns the
     folder and ``{"audio_encoder": ..., "audio_pooling": ...}``.
     """
+    from speechbrain_slap.export import write_checksums
     from speechbrain_slap.lobes.audio_encoder import SLAPAudioEncoder
     from speechbrain_slap.lobes.pooling import MAPooling
 
@@ -63,6 +64,7 @@ def make_slap_model_folder():
         folder.mkdir(parents=True, exist_ok=True)
         for name, module in modules.items():
             torch.save(module.state_dict(), folder / f"{name}.ckpt")
+        write_checksums(folder, [f"{name}.ckpt" for name in modules])
         return folder, modules
 
     return make
