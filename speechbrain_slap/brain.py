@@ -70,7 +70,7 @@ from speechbrain_slap.lobes.packing import (
     random_token_mask,
 )
 from speechbrain_slap.losses import teacher_temperature
-from speechbrain_slap.metrics import retrieval_metrics, zero_shot_accuracy
+from speechbrain_slap.metrics import mean_recall_at_1, retrieval_metrics, zero_shot_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ class SLAPBrain(sb.Brain):
         text = torch.nn.functional.normalize(self._embed_texts(texts), dim=-1)
         similarity = text @ audio.T
         metrics = retrieval_metrics(similarity, torch.tensor(text_to_audio))
-        metrics["mean_R@1"] = 0.5 * (metrics["t2a_R@1"] + metrics["a2t_R@1"])
+        metrics["mean_R@1"] = mean_recall_at_1(metrics)
         metrics["chance_R@1"] = 1.0 / audio.shape[0]
         metrics["n_test_audio"] = audio.shape[0]
         if self.eval_labels and getattr(self.hparams, "zeroshot_prompts", None):

@@ -91,6 +91,26 @@ def retrieval_metrics(
     return metrics
 
 
+def mean_recall_at_1(metrics: dict) -> float:
+    """The checkpoint-selection score: the mean of ``t2a_R@1`` and ``a2t_R@1``.
+
+    Arguments
+    ---------
+    metrics : dict
+        ``retrieval_metrics`` output.
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> mean_recall_at_1({"t2a_R@1": 0.25, "a2t_R@1": 0.5})
+    0.375
+    """
+    return 0.5 * (metrics["t2a_R@1"] + metrics["a2t_R@1"])
+
+
 def zero_shot_accuracy(similarity: ArrayLike, labels: ArrayLike) -> float:
     """Top-1 accuracy of picking the class with the highest similarity.
 

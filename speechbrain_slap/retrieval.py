@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from speechbrain_slap.data import CAPTION_SEPARATOR, split_captions
-from speechbrain_slap.metrics import retrieval_metrics
+from speechbrain_slap.metrics import mean_recall_at_1, retrieval_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -444,7 +444,7 @@ class RetrievalEvaluation:
         selection criterion of ``SLAPBrain``.
         """
         metrics = retrieval_metrics(self.similarity, self.text_to_audio)
-        metrics["mean_R@1"] = 0.5 * (metrics["t2a_R@1"] + metrics["a2t_R@1"])
+        metrics["mean_R@1"] = mean_recall_at_1(metrics)
         return metrics
 
     def save(self, folder: str | Path, name: str) -> dict:
