@@ -55,7 +55,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from speechbrain_slap.data.audio import AudioLoadError
+from speechbrain_slap.data.audio import AudioLoadError, audio_batches
 from speechbrain_slap.export import (
     SUMS_FILE,
     ModelFolderError,
@@ -332,27 +332,18 @@ def for_each_batch(
     list of dict
         ``{"file", "error"}`` of each file that failed.
     """
-    failed, names, waves, used = [], [], [], 0
-    budget = args.batch_seconds * model.sample_rate
+    failed = []
     bar = tqdm(total=len(files), unit="file", file=sys.stderr, disable=not progress_enabled(args))
+
+    def skip(_, error):
+        report_failure(args.command, error, failed)
+        bar.update(1)
+
+    budget = args.batch_seconds * model.sample_rate
     with bar:
-        for path in files:
-            try:
-                wav = model.load_audio(path)
-            except AudioLoadError as error:
-                report_failure(args.command, error, failed)
-                bar.update(1)
-                continue
-            if waves and used + wav.numel() > budget:
-                work(names, waves)
-                bar.update(len(names))
-                names, waves, used = [], [], 0
-            names.append(str(path))
-            waves.append(wav)
-            used += wav.numel()
-        if waves:
-            work(names, waves)
-            bar.update(len(names))
+        for indices, waves in audio_batches(files, model.load_audio, budget, skip):
+            work([str(files[i]) for i in indices], waves)
+            bar.update(len(indices))
     return failed
 
 

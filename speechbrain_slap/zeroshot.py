@@ -34,7 +34,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from speechbrain_slap.data.audio import AudioLoadError
+from speechbrain_slap.data.audio import audio_batches
 from speechbrain_slap.metrics import accuracy
 
 matplotlib.use("Agg")
@@ -219,6 +219,7 @@ def embed_clips(
 
     Example
     -------
+    >>> from speechbrain_slap.data.audio import AudioLoadError
     >>> class Model:  # stands in for SLAP: the embedding of a clip is its length
     ...     sample_rate = 10
     ...     def load_audio(self, path):
@@ -233,31 +234,17 @@ def embed_clips(
     """
     if batch_seconds <= 0:
         raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
-    budget = batch_seconds * model.sample_rate
     embeddings, read, skipped = [], [], []
-    group, group_index, used = [], [], 0
 
-    def flush():
+    def skip(index, error):
+        logger.warning("skipped %s: %s", wavs[index], error.reason)
+        skipped.append((index, error.reason))
+
+    files = tqdm(wavs, desc="embedding clips", unit="clip", disable=not progress)
+    budget = batch_seconds * model.sample_rate
+    for indices, group in audio_batches(files, model.load_audio, budget, skip):
         embeddings.append(model.encode_waveforms(group).float().cpu())
-        read.extend(group_index)
-        group.clear()
-        group_index.clear()
-
-    for i, wav in enumerate(tqdm(wavs, desc="embedding clips", unit="clip", disable=not progress)):
-        try:
-            clip = model.load_audio(wav)
-        except AudioLoadError as error:
-            logger.warning("skipped %s: %s", wav, error.reason)
-            skipped.append((i, error.reason))
-            continue
-        if group and used + clip.numel() > budget:
-            flush()
-            used = 0
-        group.append(clip)
-        group_index.append(i)
-        used += clip.numel()
-    if group:
-        flush()
+        read.extend(indices)
     if not embeddings:
         raise ValueError(f"none of the {len(wavs)} audio files could be read")
     return torch.cat(embeddings), read, skipped

@@ -10,6 +10,7 @@ Authors
 """
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,58 @@ def resample(wav: torch.Tensor, rate: int, target: int) -> torch.Tensor:
 
     out = resample_poly(wav.double().numpy(), up, down)
     return torch.from_numpy(out).float()[: round(wav.numel() * target / rate)]
+
+
+def audio_batches(
+    paths: Iterable[str | Path],
+    load: Callable[[str | Path], torch.Tensor],
+    max_samples: float,
+    on_error: Callable[[int, AudioLoadError], None] | None = None,
+) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """Reads files in order and groups them by a budget of audio samples.
+
+    A group closes before it would exceed ``max_samples``, so at most the
+    budget plus one file is in memory (a longer file is a group of its own).
+
+    Arguments
+    ---------
+    paths : iterable of str or Path
+        Audio files.
+    load : callable
+        ``load(path) -> (n,)`` waveform, raising ``AudioLoadError`` (e.g.
+        ``SLAP.load_audio``).
+    max_samples : float
+        Samples per group.
+    on_error : callable, optional
+        ``on_error(index, error)`` for a file that raised ``AudioLoadError``;
+        the file is left out. Without it the error propagates.
+
+    Yields
+    ------
+    indices : list of int
+        Position in ``paths`` of each waveform of the group.
+    waveforms : list of torch.Tensor
+
+    Example
+    -------
+    >>> load = lambda path: torch.zeros(int(path))
+    >>> [indices for indices, _ in audio_batches(["3", "4", "9", "1"], load, 8)]
+    [[0, 1], [2], [3]]
+    """
+    indices, waveforms, used = [], [], 0
+    for index, path in enumerate(paths):
+        try:
+            wav = load(path)
+        except AudioLoadError as error:
+            if on_error is None:
+                raise
+            on_error(index, error)
+            continue
+        if waveforms and used + wav.numel() > max_samples:
+            yield indices, waveforms
+            indices, waveforms, used = [], [], 0
+        indices.append(index)
+        waveforms.append(wav)
+        used += wav.numel()
+    if waveforms:
+        yield indices, waveforms
