@@ -1,6 +1,6 @@
 """CPU speed of ``SLAP.encode_file`` for the tiny and base architectures.
 
-For each architecture (``hparams/slap_tiny.yaml``, ``hparams/slap_base.yaml``)
+For each architecture (``speechbrain_slap/hparams/slap_tiny.yaml``, ``slap_base.yaml``)
 a model folder with random weights is built the way ``slap export`` builds one:
 the architecture yaml plus the text encoder, caption decoder and CLAP loss of
 ``recipes/pretrain/hparams/pretrain_tiny_synth.yaml`` go through
@@ -40,14 +40,15 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from ruamel.yaml import YAML
 
-from speechbrain_slap.cli import generated_clip
 from speechbrain_slap.data.synthetic import zero_shot_prompts
+from speechbrain_slap.demo import generated_clip
 from speechbrain_slap.export import MODEL_KEYS, inference_yaml, write_checksums
+from speechbrain_slap.hparams import architecture_file
 from speechbrain_slap.inference import SLAP
 from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHITECTURES = {"tiny": REPO / "hparams/slap_tiny.yaml", "base": REPO / "hparams/slap_base.yaml"}
+ARCHITECTURES = {name: architecture_file(f"slap_{name}") for name in ("tiny", "base")}
 TEXT_SIDE_YAML = REPO / "recipes/pretrain/hparams/pretrain_tiny_synth.yaml"
 # Taken from the pretraining yaml when the architecture yaml lacks them.
 TEXT_SIDE_KEYS = ("text_encoder", "caption_decoder", "clap_loss", "max_caption_tokens")

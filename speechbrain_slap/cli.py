@@ -40,7 +40,6 @@ Authors
 """
 
 import argparse
-import importlib
 import json
 import logging
 import math
@@ -50,28 +49,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-import soundfile
-import torch
-from tqdm import tqdm
+from speechbrain_slap import __version__
 
-from speechbrain_slap.data.audio import AudioLoadError, audio_batches
-from speechbrain_slap.export import (
-    SUMS_FILE,
-    ModelFolderError,
-    export_model,
-    sha256sum,
-    verify_checksums,
-)
-from speechbrain_slap.inference import DEFAULT_TEMPLATE, SLAP
-from speechbrain_slap.lobes.features import pad_waveforms
-from speechbrain_slap.lobes.packing import num_tokens_for_duration
-
-REPO_HPARAMS = Path(__file__).resolve().parents[1] / "hparams"
+# Parsing arguments and answering --help import nothing heavy: torch, SpeechBrain
+# and the model code are imported by the subcommand that needs them.
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # What ``slap index`` looks for (case-insensitive): the formats libsndfile decodes.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
-INDEX_FORMAT = "slap-index/1"
 
 
 class CommandError(ValueError):
@@ -178,23 +162,19 @@ def parse_labels(labels: str | None, labels_file: str | None) -> list[str]:
 
 
 def check_templates(templates: Sequence[str]) -> list[str]:
-    """Checks prompt templates: each has a ``{label}`` field and no other field.
+    """``--template`` values checked by ``speechbrain_slap.prompts.check_templates``.
 
     Example
     -------
     >>> check_templates(["a sound of {label}", "{label} can be heard"])
     ['a sound of {label}', '{label} can be heard']
     """
-    for template in templates:
-        try:
-            ok = "{label}" in template and template.format(label="x") is not None
-        except (KeyError, IndexError, ValueError):
-            ok = False
-        if not ok:
-            raise CommandError(
-                f"--template {template!r}: expected one {{label}} field and no other braces"
-            )
-    return list(templates)
+    from speechbrain_slap import prompts
+
+    try:
+        return prompts.check_templates(templates)
+    except ValueError as error:
+        raise CommandError(f"--template: {error}") from None
 
 
 def find_audio_files(root: str | Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
@@ -244,6 +224,8 @@ def model_digest(model_folder: str | Path) -> str:
     >>> model_digest(folder)[:12]
     'e3b0c44298fc'
     """
+    from speechbrain_slap.export import SUMS_FILE, sha256sum
+
     return sha256sum(Path(model_folder) / SUMS_FILE)
 
 
@@ -266,6 +248,11 @@ def open_model(args: argparse.Namespace):
     CommandError
         The CUDA device does not exist.
     """
+    import torch
+
+    from speechbrain_slap.export import ModelFolderError
+    from speechbrain_slap.inference import SLAP
+
     if args.device.startswith("cuda"):
         index = int(args.device.partition(":")[2] or 0)
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
@@ -298,8 +285,10 @@ def progress_enabled(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def report_failure(command: str, error: AudioLoadError, failed: list[dict]) -> None:
-    """Prints ``slap CMD: error: FILE: REASON`` on stderr and records the failure."""
+def report_failure(command: str, error, failed: list[dict]) -> None:
+    """Prints ``slap CMD: error: FILE: REASON`` (an ``AudioLoadError``) and records it."""
+    from tqdm import tqdm
+
     tqdm.write(f"slap {command}: error: {error}", file=sys.stderr)
     failed.append({"file": error.source, "error": error.reason})
 
@@ -307,7 +296,7 @@ def report_failure(command: str, error: AudioLoadError, failed: list[dict]) -> N
 def for_each_batch(
     model,
     files: Sequence[str | Path],
-    work: Callable[[list[str], list[torch.Tensor]], None],
+    work: Callable[[list[str], list], None],
     args: argparse.Namespace,
 ) -> list[dict]:
     """Reads ``files`` in batches of about ``--batch-seconds`` of audio; ``work`` each batch.
@@ -332,6 +321,10 @@ def for_each_batch(
     list of dict
         ``{"file", "error"}`` of each file that failed.
     """
+    from tqdm import tqdm
+
+    from speechbrain_slap.data.audio import audio_batches
+
     failed = []
     bar = tqdm(total=len(files), unit="file", file=sys.stderr, disable=not progress_enabled(args))
 
@@ -395,6 +388,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         "model_digest": model_digest(args.model),
     }
     if rows:
+        import numpy as np
+        import torch
+
         embeddings = torch.cat(rows).numpy().astype(np.float32)
         document["embedding_dim"] = int(embeddings.shape[1])
         write_atomic(output, lambda fout: np.save(fout, embeddings, allow_pickle=False))
@@ -410,6 +406,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     """``slap classify``: zero-shot top-k classes of each file (prompt ensemble)."""
     labels = parse_labels(args.labels, args.labels_file)
+    from speechbrain_slap.prompts import DEFAULT_TEMPLATE
+
     templates = check_templates(args.template or [DEFAULT_TEMPLATE])
     top_k = min(args.top_k, len(labels))
     model = open_model(args)
@@ -453,13 +451,17 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     failed = for_each_batch(model, [root / p for p in relative], work, args)
     meta = {
-        "format": INDEX_FORMAT,
         "root": str(root.resolve()),
         "model": str(Path(args.model).resolve()),
         "model_digest": model_digest(args.model),
         "failed": failed,
     }
     if rows:
+        import numpy as np
+        import torch
+
+        from speechbrain_slap.search_index import save_index
+
         embeddings = torch.cat(rows).numpy().astype(np.float32)
         meta["embedding_dim"] = int(embeddings.shape[1])
         write_atomic(output, lambda fout: save_index(fout, embeddings, paths, meta))
@@ -471,55 +473,17 @@ def cmd_index(args: argparse.Namespace) -> int:
     return exit_code(failed)
 
 
-def save_index(fout, embeddings: np.ndarray, paths: Sequence[str], meta: dict) -> None:
-    """Writes an index: ``embeddings`` (N, D) float32, ``paths`` (N,) and ``meta`` (JSON).
-
-    Only numeric and unicode arrays: ``np.load(..., allow_pickle=False)`` reads it.
-
-    Example
-    -------
-    >>> import io
-    >>> buffer = io.BytesIO()
-    >>> save_index(buffer, np.zeros((1, 4), np.float32), ["a.wav"], {"format": INDEX_FORMAT})
-    >>> _ = buffer.seek(0)
-    >>> load_index(buffer)[1]
-    ['a.wav']
-    """
-    np.savez(
-        fout,
-        embeddings=embeddings,
-        paths=np.array(list(paths), dtype=np.str_),
-        meta=np.array(json.dumps(meta)),
-    )
-
-
-def load_index(source) -> tuple[np.ndarray, list[str], dict]:
-    """Reads what ``save_index`` wrote (no pickle); ``CommandError`` if it is not an index.
-
-    Returns
-    -------
-    embeddings : np.ndarray
-        ``(N, D)`` float32.
-    paths : list of str
-        Paths relative to ``meta["root"]``.
-    meta : dict
-    """
-    name = getattr(source, "name", source)
-    try:
-        with np.load(source, allow_pickle=False) as data:
-            embeddings, paths = data["embeddings"], data["paths"].tolist()
-            meta = json.loads(str(data["meta"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        # (a .npy, e.g. what `slap embed` writes, loads as an array: TypeError)
-        raise CommandError(f"{name}: not a slap index ({type(error).__name__}: {error})") from None
-    if meta.get("format") != INDEX_FORMAT or embeddings.shape[:1] != (len(paths),):
-        raise CommandError(f"{name}: not a {INDEX_FORMAT} index")
-    return embeddings, paths, meta
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     """``slap search``: the ``k`` indexed files closest to each text query."""
-    embeddings, paths, meta = load_index(args.index)
+    import torch
+    from tqdm import tqdm
+
+    from speechbrain_slap.search_index import IndexFileError, load_index
+
+    try:
+        embeddings, paths, meta = load_index(args.index)
+    except IndexFileError as error:
+        raise CommandError(str(error)) from None
     model = open_model(args)
     digest = model_digest(args.model)
     if meta.get("model_digest") != digest:
@@ -571,6 +535,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``slap export``: a recipe output's best (or given) checkpoint -> model folder."""
+    from speechbrain_slap.export import export_model, verify_checksums
+
     folder = export_model(args.recipe_output, args.model_folder, args.checkpoint, args.overwrite)
     files = sorted(verify_checksums(folder))
     document = {"model_folder": str(folder), "files": files, "model_digest": model_digest(folder)}
@@ -580,111 +546,36 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def run_shards(argv: Sequence[str]) -> int:
     """``slap shards ARGS...``: forwards ``ARGS`` to ``speechbrain_slap.data.shards.main``."""
-    try:
-        shards = importlib.import_module("speechbrain_slap.data.shards")
-    except ModuleNotFoundError as error:
-        if error.name != "speechbrain_slap.data.shards":
-            raise
-        print("slap shards: error: speechbrain_slap.data.shards is not installed", file=sys.stderr)
-        return EXIT_USAGE
+    from speechbrain_slap.data import shards
+
     return shards.main(list(argv))
 
 
-# ------------------------------------------------------------------------------ slap demo
-
-
-def generated_clip(duration: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
-    """A deterministic test sound: a rising chirp, tone bursts and soft noise.
-
-    Example
-    -------
-    >>> generated_clip(0.5, seed=0).shape
-    (8000,)
-    """
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(duration * sample_rate))) / sample_rate
-    f0, f1 = 200.0 + 300.0 * rng.random(), 1500.0 + 2000.0 * rng.random()
-    phase = 2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * max(duration, 1e-3)))
-    chirp = 0.2 * np.sin(phase)
-    burst_freq = 300.0 + 700.0 * rng.random()
-    bursts = 0.3 * np.sin(2 * math.pi * burst_freq * t) * ((t * 2.0) % 1.0 < 0.25)
-    noise = 0.02 * rng.standard_normal(t.shape)
-    return (chirp + bursts + noise).astype(np.float32)
-
-
-def load_model(hparams_file: Path, device: str):
-    """Builds ``compute_features``, ``audio_encoder`` and ``audio_pooling``."""
-    from hyperpyyaml import load_hyperpyyaml
-
-    if not hparams_file.is_file():
-        raise CommandError(f"hparams file not found: {hparams_file}")
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin)
-    missing = [
-        k for k in ("compute_features", "audio_encoder", "audio_pooling") if k not in hparams
-    ]
-    if missing:
-        raise CommandError(f"{hparams_file} does not define {', '.join(missing)}")
-    modules = [
-        hparams[k].to(device).eval() for k in ("compute_features", "audio_encoder", "audio_pooling")
-    ]
-    return hparams, modules
-
-
-@torch.no_grad()
-def embed(modules, waveforms: list[torch.Tensor], device: str) -> torch.Tensor:
-    """Packed embedding of 1-D waveforms, one row per clip."""
-    compute_features, encoder, pooling = modules
-    wavs, wav_lens = pad_waveforms(waveforms)
-    wavs, wav_lens = wavs.to(device), wav_lens.to(device)
-    return pooling(encoder(compute_features(wavs), wav_lens), wav_lens).cpu()
-
-
-def demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     """``slap demo``: packed vs one-at-a-time embeddings of generated clips."""
-    torch.manual_seed(args.seed)
-    hparams, modules = load_model(Path(args.hparams), args.device)
-    sample_rate = hparams.get("sample_rate", 16000)
-    out = Path(args.output_folder)
-    out.mkdir(parents=True, exist_ok=True)
-    waveforms, rows = [], []
-    for i, duration in enumerate(args.durations):
-        if not 0 < duration:
-            raise CommandError(f"--durations must be positive, got {duration}")
-        path = out / f"clip_{i}_{duration:g}s.wav"
-        soundfile.write(path, generated_clip(duration, args.seed + i, sample_rate), sample_rate)
-        audio, rate = soundfile.read(path, dtype="float32")
-        if rate != sample_rate:
-            raise CommandError(f"{path}: expected {sample_rate} Hz, read {rate} Hz")
-        waveforms.append(torch.from_numpy(audio))
-        rows.append(
-            dict(file=str(path), duration_s=duration, tokens=num_tokens_for_duration(duration))
+    from speechbrain_slap.demo import run_demo
+    from speechbrain_slap.hparams import architecture_file
+
+    try:
+        summary = run_demo(
+            args.hparams or architecture_file("slap_tiny"),
+            args.durations,
+            args.output_folder,
+            seed=args.seed,
+            device=args.device,
         )
-    packed = embed(modules, waveforms, args.device)
-    alone = torch.cat([embed(modules, [w], args.device) for w in waveforms])
-    max_diff = float((packed - alone).abs().max())
-    np.save(out / "embeddings.npy", packed.numpy())
-    padded_tokens = len(rows) * num_tokens_for_duration(30.0)
-    packed_tokens = sum(r["tokens"] for r in rows)
-    for row, emb in zip(rows, packed, strict=True):
-        row["embedding_norm"] = round(float(emb.norm()), 4)
-    summary = dict(
-        clips=rows,
-        embedding_dim=int(packed.shape[1]),
-        packed_tokens=packed_tokens,
-        tokens_if_padded_to_30s=padded_tokens,
-        packed_vs_alone_max_abs_diff=max_diff,
-        embeddings=str(out / "embeddings.npy"),
-    )
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    rows, max_diff = summary["clips"], summary["packed_vs_alone_max_abs_diff"]
     lines = [f"{'file':40s} {'seconds':>8s} {'tokens':>7s} {'|emb|':>8s}"]
     lines += [
         f"{r['file']:40s} {r['duration_s']:8.2f} {r['tokens']:7d} {r['embedding_norm']:8.4f}"
         for r in rows
     ]
     lines += [
-        f"{len(rows)} clips packed into {packed_tokens} tokens "
-        f"(padding to 30 s would need {padded_tokens}); embeddings {tuple(packed.shape)} "
-        f"-> {summary['embeddings']}",
+        f"{len(rows)} clips packed into {summary['packed_tokens']} tokens "
+        f"(padding to 30 s would need {summary['tokens_if_padded_to_30s']}); embeddings "
+        f"({len(rows)}, {summary['embedding_dim']}) -> {summary['embeddings']}",
         f"packed batch vs one clip at a time: max abs difference {max_diff:.2e}",
     ]
     emit(args, summary, lines)
@@ -714,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 some inputs failed (named on stderr; the others were "
         "processed), 2 usage error or unusable model folder, 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     output = argparse.ArgumentParser(add_help=False)
@@ -760,8 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--template",
         action="append",
-        help=f"prompt with a {{label}} field; repeat for a prompt ensemble "
-        f"(default {DEFAULT_TEMPLATE!r})",
+        help="prompt with a {label} field; repeat for a prompt ensemble "
+        "(default: the interface's DEFAULT_TEMPLATE, 'This is a sound of {label}.')",
     )
     p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per file")
     p.set_defaults(func=cmd_classify)
@@ -807,8 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--hparams",
-        default=str(REPO_HPARAMS / "slap_tiny.yaml"),
-        help="model hparams file (default: the tiny architecture)",
+        default=None,
+        help="architecture yaml (default: the tiny architecture shipped with the package, "
+        "speechbrain_slap/hparams/slap_tiny.yaml)",
     )
     p.add_argument("--durations", type=float, nargs="+", default=[1.3, 10.0, 27.5])
     p.add_argument("--output-folder", default="results/demo")
@@ -819,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1e-5,
         help="largest allowed packed-vs-alone difference (exit 1 above it)",
     )
-    p.set_defaults(func=demo)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -853,6 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = logging.StreamHandler(sys.stderr)
         handler.setLevel(logging.WARNING)
         logging.basicConfig(handlers=[handler], format="%(name)s: %(levelname)s: %(message)s")
+    from speechbrain_slap.export import ModelFolderError
+
     try:
         return args.func(args)
     except (CommandError, ModelFolderError) as error:

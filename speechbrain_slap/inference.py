@@ -46,10 +46,9 @@ from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
 from speechbrain_slap.lobes.packing import PATCH_FRAMES, num_time_patches, unpack_tokens
+from speechbrain_slap.prompts import DEFAULT_TEMPLATE, check_templates, prompts_for
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TEMPLATE = "This is a sound of {label}."
 
 
 def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
@@ -328,14 +327,14 @@ class SLAP(Pretrained):
         torch.Tensor
         """
         labels = list(labels)
-        templates = [templates] if isinstance(templates, str) else list(templates)
-        if not labels or not templates:
-            raise ValueError("need at least one label and one template")
-        for template in templates:
-            if "{label}" not in template:
-                raise ValueError(f"template {template!r} has no {{label}} field")
-        prompts = [t.format(label=label.replace("_", " ")) for label in labels for t in templates]
-        emb = self.encode_text(prompts).view(len(labels), len(templates), -1).mean(dim=1)
+        templates = check_templates(templates)
+        if not labels:
+            raise ValueError("need at least one label")
+        emb = (
+            self.encode_text(prompts_for(labels, templates))
+            .view(len(labels), len(templates), -1)
+            .mean(dim=1)
+        )
         return torch.nn.functional.normalize(emb, dim=-1)
 
     def scores_from_embeddings(self, audio: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -15,15 +15,16 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-HPARAMS_DIR = Path(__file__).resolve().parents[1] / "hparams"
 HOP = 160
 
 
 def _load_yaml(name: str) -> dict:
-    """Loads ``hparams/<name>.yaml`` with HyperPyYAML."""
+    """Loads the shipped architecture ``speechbrain_slap/hparams/<name>.yaml``."""
     from hyperpyyaml import load_hyperpyyaml
 
-    with open(HPARAMS_DIR / f"{name}.yaml") as fin:
+    from speechbrain_slap.hparams import architecture_file
+
+    with open(architecture_file(name)) as fin:
         return load_hyperpyyaml(fin)
 
 

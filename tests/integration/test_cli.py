@@ -17,7 +17,7 @@ import pytest
 import soundfile
 import torch
 
-from speechbrain_slap import cli
+from speechbrain_slap import cli, search_index
 from speechbrain_slap.export import write_checksums
 from speechbrain_slap.inference import SLAP
 
@@ -182,9 +182,9 @@ def test_index_then_search_matches_retrieve(slap_model_folder, model, audio, tmp
 
 def test_search_warns_on_another_model(slap_model_folder, tmp_path, capsys):
     index = tmp_path / "other.npz"
-    meta = {"format": cli.INDEX_FORMAT, "root": str(tmp_path), "model_digest": "0" * 64}
+    meta = {"format": search_index.INDEX_FORMAT, "root": str(tmp_path), "model_digest": "0" * 64}
     with open(index, "wb") as fout:
-        cli.save_index(fout, np.eye(2, 64, dtype=np.float32), ["a.wav", "b.wav"], meta)
+        search_index.save_index(fout, np.eye(2, 64, dtype=np.float32), ["a.wav", "b.wav"], meta)
     code, stdout, stderr = _run(capsys, "search", "--model", slap_model_folder, index, "rain")
     assert code == 0
     assert "built with another model" in stderr
