@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -50,7 +51,10 @@ MODEL_KEYS = (
 # In the checkpoint, copied when present: what fine-tuning needs beyond inference.
 TRAINING_FILES = ("ssl_head.ckpt", "teacher.ckpt")
 SUMS_FILE = "SHA256SUMS"
-# Files that hold weights: each must be listed in SHA256SUMS.
+# The only files of a model folder that SHA256SUMS need not list (nothing loads them;
+# hidden files such as a hub repository's .gitattributes are left out too).
+UNSIGNED_FILES = (SUMS_FILE, "README.md")
+# Files that hold weights (an export replaces those of an earlier one).
 WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 DEFAULT_MAX_DURATION = 30.0
 _REFERENCE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)")
@@ -138,17 +142,19 @@ def verify_checksums(folder: str | Path) -> list[str]:
     ------
     ModelFolderError
         No sums file, a malformed line, a listed file missing, a digest
-        mismatch, or a weight file (``WEIGHT_SUFFIXES``) the sums do not list
-        (the message names the file).
+        mismatch, or a file the sums do not list (``hyperparams.yaml``
+        above all) other than ``UNSIGNED_FILES`` and hidden files (the
+        message names the file).
 
     Example
     -------
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
     >>> _ = (folder / "a.ckpt").write_bytes(b"weights")
-    >>> _ = write_checksums(folder, ["a.ckpt"])
+    >>> _ = (folder / "hyperparams.yaml").write_text("a: 1")
+    >>> _ = write_checksums(folder, ["a.ckpt", "hyperparams.yaml"])
     >>> verify_checksums(folder)
-    ['a.ckpt']
+    ['a.ckpt', 'hyperparams.yaml']
     >>> _ = (folder / "a.ckpt").write_bytes(b"tampered")
     >>> verify_checksums(folder)
     Traceback (most recent call last):
@@ -162,8 +168,12 @@ def verify_checksums(folder: str | Path) -> list[str]:
             f"{folder}: no {SUMS_FILE} file; a model folder lists the SHA-256 of its weight files "
             "(write one with speechbrain_slap.export.write_checksums if you trust the files)"
         )
+    try:
+        lines = sums.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelFolderError(f"{sums}: cannot read ({error})") from None
     verified = []
-    for number, line in enumerate(sums.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)
@@ -183,14 +193,22 @@ def verify_checksums(folder: str | Path) -> list[str]:
             )
         verified.append(name)
     unlisted = sorted(
-        path.name
-        for path in folder.iterdir()
-        if path.suffix in WEIGHT_SUFFIXES and path.name not in verified
+        name
+        for name in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if name not in verified
+        and name not in UNSIGNED_FILES
+        and not name.startswith(".")
+        and "/." not in name
     )
+    if "hyperparams.yaml" in unlisted:
+        raise ModelFolderError(
+            f"{sums}: does not list hyperparams.yaml; the yaml is executable configuration "
+            "and must have its SHA-256 there"
+        )
     if unlisted:
         raise ModelFolderError(
-            f"{folder}: weight files not listed in {SUMS_FILE}: {unlisted}; every weight file "
-            "of a model folder must have its SHA-256 there"
+            f"{folder}: files not listed in {SUMS_FILE}: {unlisted}; every file a model folder "
+            "loads must have its SHA-256 there"
         )
     return verified
 
@@ -209,11 +227,21 @@ ALLOWED_YAML_TARGETS = (
     "torch.nn.",
     "sentencepiece.SentencePieceProcessor",
 )
-_SAFE_TAGS = ("!ref", "!copy", "!tuple", "!PLACEHOLDER")
-# Plain YAML data; every other ``tag:yaml.org,2002:`` tag (``!!python/...``) builds objects.
-_CORE_TAGS = {
-    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map")
+# HyperPyYAML tags that only refer to other nodes of the same file (or mark a tuple).
+_REFERENCE_TAGS = ("!ref", "!copy")
+_DATA_TAGS = {"!tuple", "!PLACEHOLDER"} | {
+    f"tag:yaml.org,2002:{name}"
+    for name in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")
 }
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_KEY_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null")}
+# HyperPyYAML turns a plain scalar "(...)" into a tuple by loading "[...]" with PyYAML's
+# full loader: its inside is YAML too, and must be plain data.
+_TUPLE = re.compile(r"^\(.*\)$", re.DOTALL)
+_REFERENCE_PART = re.compile(r"<[^>]*>")
+# Bounds on what an untrusted yaml may ask of the loader.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
 
 
 def _is_allowed_target(target: str, allowed: tuple[str, ...]) -> bool:
@@ -223,11 +251,12 @@ def _is_allowed_target(target: str, allowed: tuple[str, ...]) -> bool:
     module, then attributes), importing only modules whose names pass the
     prefix check. Every module met on the way and the object reached must be
     inside ``allowed`` too, so ``allowed.module.os.system`` (a module that
-    imports ``os``) or a re-exported foreign function is refused.
+    imports ``os``) or a re-exported foreign function is refused; so is any
+    private or dunder part (``...__init__.__globals__``).
     """
-    if not target.startswith(allowed):
-        return False
     parts = target.split(".")
+    if not target.startswith(allowed) or any(not p or p.startswith("_") for p in parts):
+        return False
     for split in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:split]))
@@ -248,19 +277,138 @@ def _is_allowed_target(target: str, allowed: tuple[str, ...]) -> bool:
     return qualified.startswith(allowed)
 
 
+def _compose(text: str, source: str):
+    """The node graph of YAML text, from the loader class HyperPyYAML loads with.
+
+    ``source`` starts the error message (``"<folder>: cannot load ...: <file>"``).
+    """
+    import ruamel.yaml
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ruamel's old-API classes warn; HyperPyYAML uses them
+        loader = ruamel.yaml.Loader(io.StringIO(text))
+        try:
+            return loader.get_single_node()
+        except ruamel.yaml.YAMLError as error:
+            raise ModelFolderError(f"{source} is not valid YAML ({error})") from None
+        except RecursionError:
+            raise ModelFolderError(f"{source} is YAML nested too deeply to read") from None
+        finally:
+            loader.dispose()
+
+
+def _tuple_offences(text: str) -> list[str]:
+    """What a ``(...)`` tuple scalar would build: anything but plain data is refused."""
+    import yaml
+
+    try:
+        node = yaml.compose("[" + text[1:-1] + "]", Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return [f"tuple {text!r} (not parsable)"]
+    stack, found = [node], []
+    while stack:
+        node = stack.pop()
+        if node.tag not in _DATA_TAGS or node.tag == "!tuple":
+            found.append(f"tuple {text!r} (tag {node.tag})")
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in node.value for item in pair)
+    return found
+
+
+def _reference_offences(text: str) -> list[str]:
+    """A reference expression whose arithmetic could take unbounded time or memory.
+
+    HyperPyYAML evaluates ``<a> + 1``-style expressions after substituting the
+    references; ``*`` and ``**`` there can build huge numbers or strings.
+    """
+    if "*" in _REFERENCE_PART.sub("", text):
+        return [f"reference arithmetic with * in {text!r}"]
+    return []
+
+
+def _node_offences(root, allowed: tuple[str, ...]) -> list[str]:
+    """Every tag of a composed YAML graph that is not plain data or an allowed target.
+
+    Walks keys and values of every mapping (flow or block, complex ``?`` keys,
+    merge keys) and every sequence, each node once however many aliases point
+    at it; refuses tagged or non-scalar mapping keys, cycles, and graphs whose
+    alias expansion (what HyperPyYAML's reference walk visits) exceeds
+    ``MAX_YAML_NODES`` nodes.
+    """
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    found, expanded, active = [], {}, set()
+
+    def children(node):
+        if isinstance(node, MappingNode):
+            return [item for pair in node.value for item in pair]
+        return node.value if isinstance(node, SequenceNode) else []
+
+    def check_tag(node, is_key):
+        tag = node.tag
+        if is_key:
+            if not isinstance(node, ScalarNode) or tag not in _KEY_TAGS | {_MERGE_TAG}:
+                found.append(f"{tag} (on a mapping key)")
+            return
+        if tag.startswith(_REFERENCE_TAGS) and isinstance(node, ScalarNode):
+            found.extend(_reference_offences(node.value))
+        elif tag in _DATA_TAGS:
+            if isinstance(node, ScalarNode) and node.style is None:
+                if tag == "!tuple" or (tag.endswith(":str") and _TUPLE.match(node.value)):
+                    found.extend(_tuple_offences(node.value))
+                if _REFERENCE_PART.search(node.value):  # reached by a !ref chain, evaluated
+                    found.extend(_reference_offences(node.value))
+        else:
+            kind, _, target = tag.partition(":")
+            if kind not in ("!new", "!name", "!apply") or not _is_allowed_target(target, allowed):
+                found.append(tag)
+
+    def size(node, is_key=False):
+        """Nodes visited when every alias is expanded (memoised; checks each node once)."""
+        if id(node) in active:
+            found.append("a recursive alias")
+            return MAX_YAML_NODES + 1
+        if id(node) not in expanded:
+            active.add(id(node))
+            check_tag(node, is_key)
+            if isinstance(node, MappingNode):
+                total = 1 + sum(size(k, True) + size(v) for k, v in node.value)
+            else:
+                total = 1 + sum(size(child) for child in children(node))
+            active.discard(id(node))
+            expanded[id(node)] = total
+        return expanded[id(node)]
+
+    try:
+        if root is not None and size(root) > MAX_YAML_NODES:
+            found.append(f"aliases that expand to more than {MAX_YAML_NODES} nodes")
+    except RecursionError:
+        found.append("nesting too deep to check")
+    return found
+
+
 def untrusted_yaml_targets(
     yaml_file: str | Path, allowed: tuple[str, ...] = ALLOWED_YAML_TARGETS
 ) -> list[str]:
     """The tags of a HyperPyYAML file that build or call something outside ``allowed``.
 
-    HyperPyYAML is executable configuration: ``!new:``, ``!name:``, ``!apply:``
-    and ``!module:`` tags import and run Python, ``!include:`` reads other
-    files, and YAML's own ``!!python/...`` tags build objects. This lists every
-    tag that is not plain data, a reference, or a ``!new:``/``!name:``/
-    ``!apply:`` whose target resolves inside the allow-list (only modules that
-    pass the prefix check are imported to find out), and every ``paths`` entry
-    of the ``pretrainer`` (a model folder's weights are its own ``<name>.ckpt``
-    files, which ``SHA256SUMS`` covers).
+    HyperPyYAML is executable configuration: ``!new:``, ``!name:``, ``!apply:``,
+    ``!applyref:`` and ``!module:`` tags import and run Python, ``!include:``
+    reads other files, YAML's own ``!!python/...`` tags build objects, and a
+    plain ``(...)`` scalar is loaded again as YAML to make a tuple. The check
+    walks the node graph of the loader class HyperPyYAML uses, twice: the file
+    as written, and (when that is clean) the text HyperPyYAML builds from it
+    after resolving references, i.e. exactly what it constructs. Every node is
+    checked wherever it stands: values, mapping keys (which must be plain
+    scalars), complex keys, flow mappings, aliases and merge keys. Allowed are
+    plain data, ``!ref``/``!copy`` references (without ``*`` arithmetic),
+    tuples of plain data, and ``!new:``/``!name:``/``!apply:`` whose target
+    resolves inside the allow-list (only modules that pass the prefix check
+    are imported to find out). Also listed: every ``paths`` entry of the
+    ``pretrainer`` (a model folder's weights are its own ``<name>.ckpt``
+    files, which ``SHA256SUMS`` covers), and a file over ``MAX_YAML_BYTES``.
 
     Arguments
     ---------
@@ -272,7 +420,12 @@ def untrusted_yaml_targets(
     Returns
     -------
     list of str
-        Offending tags, e.g. ``["!apply:os.system"]``, in file order.
+        Offending tags, e.g. ``["!apply:os.system"]``.
+
+    Raises
+    ------
+    ModelFolderError
+        The file cannot be read or is not valid YAML.
 
     Example
     -------
@@ -282,29 +435,53 @@ def untrusted_yaml_targets(
     >>> _ = path.write_text(text + "c: !apply:torch.nn.modules.module.torch.ones [2]\\n")
     >>> untrusted_yaml_targets(path)
     ['!apply:os.system', '!apply:torch.nn.modules.module.torch.ones']
+    >>> _ = path.write_text("extra:\\n  !apply:os.getpid : 1\\n")
+    >>> untrusted_yaml_targets(path)
+    ['!apply:os.getpid (on a mapping key)']
     """
-    with open(yaml_file) as fin:
-        tree = YAML().load(fin)
-    found = []
+    yaml_file = Path(yaml_file)
+    source = f"{yaml_file.parent}: cannot load this model folder: {yaml_file.name}"
+    try:
+        raw = yaml_file.read_bytes()
+        if len(raw) > MAX_YAML_BYTES:
+            return [f"a file of {len(raw)} bytes (at most {MAX_YAML_BYTES})"]
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelFolderError(f"{source}: cannot read ({error})") from None
+    tree = _compose(text, source)
+    found = _node_offences(tree, allowed)
+    if found:
+        return _unique(found)
+    from hyperpyyaml.core import resolve_references
 
-    def visit(node):
-        tag = getattr(getattr(node, "tag", None), "value", None)
-        if tag and tag not in _CORE_TAGS and not tag.startswith(_SAFE_TAGS):
-            kind, _, target = tag.partition(":")
-            if kind not in ("!new", "!name", "!apply") or not _is_allowed_target(target, allowed):
-                found.append(tag)
-        if isinstance(node, dict):
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
+    try:
+        resolved = resolve_references(io.StringIO(text)).getvalue()
+    except Exception as error:  # what HyperPyYAML would raise on this file
+        raise ModelFolderError(f"{source}: references do not resolve ({error})") from None
+    found = _node_offences(_compose(resolved, source), allowed)
+    found.extend(_pretrainer_paths(tree))
+    return _unique(found)
 
-    visit(tree)
-    pretrainer = tree.get("pretrainer") if isinstance(tree, dict) else None
-    if isinstance(pretrainer, dict) and pretrainer.get("paths"):
-        found.extend(f"pretrainer paths: {key}" for key in pretrainer["paths"])
-    return found
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _pretrainer_paths(tree) -> list[str]:
+    """``pretrainer: ... paths: {key: path}`` entries of a composed top-level mapping."""
+    from ruamel.yaml.nodes import MappingNode
+
+    def lookup(node, key):
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                if getattr(k, "value", None) == key:
+                    return v
+        return None
+
+    paths = lookup(lookup(tree, "pretrainer"), "paths")
+    if not isinstance(paths, MappingNode):
+        return []
+    return [f"pretrainer paths: {k.value}" for k, _ in paths.value]
 
 
 def check_yaml_targets(yaml_file: str | Path, trust_remote_code: bool = False) -> None:

@@ -387,6 +387,35 @@ def test_yaml_outside_the_allow_list_needs_trust(slap_model_folder, tmp_path):
     assert trusted.hparams.working_directory == os.getcwd()
 
 
+def test_tags_on_keys_need_trust_even_with_sums_updated(slap_model_folder, tmp_path):
+    # The probe's attack: a tag on a mapping key, the sums rewritten to match.
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    with open(folder / "hyperparams.yaml", "a") as fout:
+        fout.write("\nextra:\n  !apply:os.getpid : 1\n")
+    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")] + ["hyperparams.yaml"])
+    with pytest.raises(ModelFolderError, match=r"!apply:os.getpid \(on a mapping key\)"):
+        SLAP.from_hparams(source=str(folder))
+    trusted = SLAP.from_hparams(source=str(folder), trust_remote_code=True)
+    assert trusted.hparams.extra == {os.getpid(): 1}
+
+
+def test_sums_must_cover_the_yaml_and_every_file(slap_model_folder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(slap_model_folder, folder)
+    weights = [p.name for p in folder.glob("*.ckpt")]
+    write_checksums(folder, weights)  # the yaml left out
+    with pytest.raises(ModelFolderError, match="does not list hyperparams.yaml"):
+        SLAP.from_hparams(source=str(folder))
+    write_checksums(folder, [*weights, "hyperparams.yaml"])
+    (folder / "extra_config.json").write_text("{}")
+    with pytest.raises(ModelFolderError, match=r"not listed in SHA256SUMS: \['extra_config.json'\]"):
+        SLAP.from_hparams(source=str(folder))
+    (folder / "extra_config.json").unlink()
+    (folder / ".gitattributes").write_text("*.ckpt filter=lfs\n")  # a hub repository's
+    assert SLAP.from_hparams(source=str(folder)).encode_text("rain").shape == (1, 64)
+
+
 @pytest.mark.parametrize(
     ("line", "flagged"),
     [
@@ -467,6 +496,6 @@ def test_weights_that_unpickle_objects_are_refused(slap_model_folder, tmp_path):
     state = torch.load(folder / "audio_pooling.ckpt", weights_only=True)
     state["payload"] = _Payload()
     torch.save(state, folder / "audio_pooling.ckpt")
-    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")])  # the sums match
+    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")] + ["hyperparams.yaml"])
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         SLAP.from_hparams(source=str(folder))
