@@ -35,6 +35,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from typing import TextIO
 
 from ruamel.yaml import YAML
 
@@ -57,6 +58,10 @@ UNSIGNED_FILES = (SUMS_FILE, "README.md")
 # Files that hold weights (an export replaces those of an earlier one).
 WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 DEFAULT_MAX_DURATION = 30.0
+# The keys a downstream yaml must define as the model folder does to load its encoder
+# (features and encoder), and the arguments that pick a kernel, not what is computed.
+ENCODER_KEYS = ("compute_features", "audio_encoder")
+KERNEL_ARGUMENTS = ("attention_backend",)
 _REFERENCE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -756,3 +761,121 @@ audio = model.encode_file("clip.wav")
 scores, best, index, labels = model.classify_file("clip.wav", ["dog barking", "rain"])
 ```
 """
+
+
+def encoder_definitions(yaml_stream: TextIO, overrides: str | dict | None = None) -> dict:
+    """The classes and full arguments (defaults filled in) of ``ENCODER_KEYS`` in a yaml.
+
+    Arguments
+    ---------
+    yaml_stream : file-like
+        A HyperPyYAML file (references are resolved, nothing is built).
+    overrides : str or dict, optional
+        Overrides, as given to ``load_hyperpyyaml``.
+
+    Returns
+    -------
+    dict
+        Key -> ``(tag, {argument: value})``.
+
+    Example
+    -------
+    >>> yaml = io.StringIO(
+    ...     "n_mels: 64\\n"
+    ...     "compute_features: !new:speechbrain_slap.lobes.features.SLAPFbank\\n"
+    ...     "    n_mels: !ref <n_mels>\\n"
+    ...     "audio_encoder: !new:speechbrain_slap.lobes.audio_encoder.SLAPAudioEncoder\\n"
+    ...     "    embed_dim: 128\\n"
+    ...     "    attention_backend: sdpa\\n"
+    ... )
+    >>> tag, arguments = encoder_definitions(yaml)["audio_encoder"]
+    >>> arguments["embed_dim"], arguments["depth"], "attention_backend" in arguments
+    (128, 12, False)
+    """
+    from hyperpyyaml import resolve_references
+
+    name = getattr(yaml_stream, "name", "yaml")
+    tree = YAML(typ="rt").load(resolve_references(yaml_stream, overrides)) or {}
+    definitions = {}
+    for key in ENCODER_KEYS:
+        node = tree.get(key)
+        tag = str(getattr(getattr(node, "tag", None), "value", ""))
+        if not isinstance(node, dict) or not tag.startswith("!new:"):
+            raise ValueError(f"{name}: expected '{key}' to be a !new: definition")
+        module, _, class_name = tag[len("!new:") :].rpartition(".")
+        parameters = inspect.signature(getattr(importlib.import_module(module), class_name))
+        arguments = {
+            arg: p.default for arg, p in parameters.parameters.items() if p.default is not p.empty
+        }
+        arguments.update(node)
+        for arg in KERNEL_ARGUMENTS:
+            arguments.pop(arg, None)
+        definitions[key] = (tag, arguments)
+    return definitions
+
+
+def check_encoder_matches(
+    hparams_file: str | Path, overrides: str | dict | None, model_folder: str | Path
+):
+    """Fails early if a recipe's yaml would build other features or another encoder.
+
+    For a downstream recipe that loads ``audio_encoder.ckpt`` of a model folder
+    into an encoder its own yaml defines. The weights alone cannot catch every
+    difference (a different ``num_heads`` or feature statistics load without
+    error and give wrong features).
+
+    Arguments
+    ---------
+    hparams_file : str or Path
+        The recipe's yaml.
+    overrides : str or dict or None
+        Its command-line overrides.
+    model_folder : str or Path
+        The SLAP model folder (its ``hyperparams.yaml`` is read).
+
+    Raises
+    ------
+    ValueError
+        Listing every differing argument of ``compute_features`` and ``audio_encoder``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> model_yaml = (
+    ...     "compute_features: !new:speechbrain_slap.lobes.features.SLAPFbank\\n"
+    ...     "    std: 12.0\\n"
+    ...     "audio_encoder: !new:speechbrain_slap.lobes.audio_encoder.SLAPAudioEncoder\\n"
+    ...     "    num_heads: 4\\n"
+    ... )
+    >>> _ = (folder / "hyperparams.yaml").write_text(model_yaml)
+    >>> _ = (folder / "recipe.yaml").write_text(model_yaml.replace("num_heads: 4", "num_heads: 2"))
+    >>> check_encoder_matches(folder / "recipe.yaml", None, folder)
+    Traceback (most recent call last):
+      ...
+    ValueError: ... audio_encoder.num_heads: 2 here, 4 in the model folder
+    """
+    model_yaml = Path(model_folder) / "hyperparams.yaml"
+    if not model_yaml.is_file():
+        raise FileNotFoundError(f"{model_yaml}: not found; is {model_folder} a SLAP model folder?")
+    with open(hparams_file) as fin:
+        ours = encoder_definitions(fin, overrides)
+    with open(model_yaml) as fin:
+        theirs = encoder_definitions(fin)
+    problems = []
+    for key in ENCODER_KEYS:
+        (our_tag, our_args), (their_tag, their_args) = ours[key], theirs[key]
+        if our_tag != their_tag:
+            problems.append(f"{key}: {our_tag} here, {their_tag} in the model folder")
+            continue
+        for arg in sorted(our_args.keys() | their_args.keys()):
+            if our_args.get(arg) != their_args.get(arg):
+                problems.append(
+                    f"{key}.{arg}: {our_args.get(arg)!r} here, "
+                    f"{their_args.get(arg)!r} in the model folder"
+                )
+    if problems:
+        raise ValueError(
+            f"{hparams_file} does not describe the model in {model_folder}; copy these from "
+            f"{model_yaml}:\n  " + "\n  ".join(problems)
+        )

@@ -19,27 +19,19 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
-import importlib
-import inspect
 import logging
 import sys
 from pathlib import Path
-from typing import TextIO
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml, resolve_references
-from ruamel.yaml import YAML
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
+from speechbrain_slap.export import check_encoder_matches
 from speechbrain_slap.lobes.features import pad_to_hop
 
 logger = logging.getLogger(__name__)
-
-# The yaml keys that must build the same features and encoder as the model folder's.
-ENCODER_KEYS = ("compute_features", "audio_encoder")
-# Arguments that pick a kernel, not the weights or what the model computes.
-KERNEL_ARGUMENTS = ("attention_backend",)
 
 
 class StyleBrain(sb.Brain):
@@ -110,89 +102,6 @@ class StyleBrain(sb.Brain):
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=stats,
             )
-
-
-def encoder_definitions(yaml_stream: TextIO, overrides: str | dict | None = None) -> dict:
-    """The classes and full arguments (defaults filled in) of ``ENCODER_KEYS`` in a yaml.
-
-    Arguments
-    ---------
-    yaml_stream : file-like
-        A HyperPyYAML file (references are resolved, nothing is built).
-    overrides : str or dict, optional
-        Overrides, as given to ``load_hyperpyyaml``.
-
-    Returns
-    -------
-    dict
-        Key -> ``(tag, {argument: value})``.
-    """
-    name = getattr(yaml_stream, "name", "yaml")
-    tree = YAML(typ="rt").load(resolve_references(yaml_stream, overrides)) or {}
-    definitions = {}
-    for key in ENCODER_KEYS:
-        node = tree.get(key)
-        tag = str(getattr(getattr(node, "tag", None), "value", ""))
-        if not isinstance(node, dict) or not tag.startswith("!new:"):
-            raise ValueError(f"{name}: expected '{key}' to be a !new: definition")
-        module, _, class_name = tag[len("!new:") :].rpartition(".")
-        parameters = inspect.signature(getattr(importlib.import_module(module), class_name))
-        arguments = {
-            arg: p.default for arg, p in parameters.parameters.items() if p.default is not p.empty
-        }
-        arguments.update(node)
-        for arg in KERNEL_ARGUMENTS:
-            arguments.pop(arg, None)
-        definitions[key] = (tag, arguments)
-    return definitions
-
-
-def check_encoder_matches(
-    hparams_file: str | Path, overrides: str | dict | None, model_folder: str | Path
-):
-    """Fails early if this yaml would build other features or another encoder.
-
-    The weights alone cannot catch every difference (a different ``num_heads``
-    or feature statistics load without error and give wrong features).
-
-    Arguments
-    ---------
-    hparams_file : str or Path
-        This recipe's yaml.
-    overrides : str or dict or None
-        Its command-line overrides.
-    model_folder : str or Path
-        The SLAP model folder (its ``hyperparams.yaml`` is read).
-
-    Raises
-    ------
-    ValueError
-        Listing every differing argument of ``compute_features`` and ``audio_encoder``.
-    """
-    model_yaml = Path(model_folder) / "hyperparams.yaml"
-    if not model_yaml.is_file():
-        raise FileNotFoundError(f"{model_yaml}: not found; is {model_folder} a SLAP model folder?")
-    with open(hparams_file) as fin:
-        ours = encoder_definitions(fin, overrides)
-    with open(model_yaml) as fin:
-        theirs = encoder_definitions(fin)
-    problems = []
-    for key in ENCODER_KEYS:
-        (our_tag, our_args), (their_tag, their_args) = ours[key], theirs[key]
-        if our_tag != their_tag:
-            problems.append(f"{key}: {our_tag} here, {their_tag} in the model folder")
-            continue
-        for arg in sorted(our_args.keys() | their_args.keys()):
-            if our_args.get(arg) != their_args.get(arg):
-                problems.append(
-                    f"{key}.{arg}: {our_args.get(arg)!r} here, "
-                    f"{their_args.get(arg)!r} in the model folder"
-                )
-    if problems:
-        raise ValueError(
-            f"{hparams_file} does not describe the model in {model_folder}; copy these from "
-            f"{model_yaml}:\n  " + "\n  ".join(problems)
-        )
 
 
 def load_pretrained_encoder(hparams: dict, hparams_file: str | Path, overrides: str | dict | None):
