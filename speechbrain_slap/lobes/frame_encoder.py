@@ -3,7 +3,10 @@
 ``SLAPAudioEncoder`` returns one token per 16 x 16 patch, four per time step
 (frequency bands). Downstream recipes (emotion, ASR, tagging) want a frame
 sequence ``(B, T', D)`` with SpeechBrain's relative lengths, which
-``SLAPFrameEncoder`` gives by averaging each time step's frequency tokens.
+``SLAPFrameEncoder`` gives by averaging each time step's frequency tokens, or
+``(B, T', F * D)`` with the ``F`` band tokens side by side (``bands="concat"``),
+which keeps everything the encoder says about the step (what
+``lobes/substeps.py`` needs to split a step into finer ones).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -14,6 +17,8 @@ from torch import nn
 
 from speechbrain_slap.lobes.audio_encoder import SLAPAudioEncoder
 from speechbrain_slap.lobes.packing import PATCH_BINS, PackedBatch, unpack_tokens
+
+BAND_MODES = ("mean", "concat")
 
 
 def time_step_features(tokens: torch.Tensor, packed: PackedBatch) -> tuple[torch.Tensor, ...]:
@@ -67,6 +72,10 @@ class SLAPFrameEncoder(nn.Module):
     freeze : bool
         True runs the encoder without gradients and in eval mode (a frozen
         feature extractor); False fine-tunes it.
+    bands : str
+        How the ``F = n_mels // 16`` frequency tokens of a time step make one
+        row: ``"mean"`` (their average, ``D`` features) or ``"concat"`` (band
+        0's features, then band 1's, ..., ``F * D`` features).
 
     Example
     -------
@@ -74,14 +83,25 @@ class SLAPFrameEncoder(nn.Module):
     >>> frames = SLAPFrameEncoder(encoder)(torch.randn(2, 101, 64), torch.tensor([1.0, 0.5]))
     >>> frames.shape
     torch.Size([2, 6, 32])
+    >>> SLAPFrameEncoder(encoder, bands="concat")(torch.randn(2, 101, 64)).shape
+    torch.Size([2, 6, 128])
     """
 
-    def __init__(self, encoder: SLAPAudioEncoder, freeze: bool = False):
+    def __init__(self, encoder: SLAPAudioEncoder, freeze: bool = False, bands: str = "mean"):
         super().__init__()
+        if bands not in BAND_MODES:
+            raise ValueError(f"bands must be one of {BAND_MODES}, got {bands!r}")
         self.encoder = encoder
         self.freeze = freeze
+        self.bands = bands
         if freeze:
             self.encoder.requires_grad_(False)
+
+    @property
+    def output_size(self) -> int:
+        """Features per output row: ``D`` (``bands="mean"``) or ``F * D`` (``"concat"``)."""
+        n_bands = self.encoder.n_mels // PATCH_BINS
+        return self.encoder.embed_dim * (n_bands if self.bands == "concat" else 1)
 
     def train(self, mode: bool = True) -> "SLAPFrameEncoder":
         """Keeps a frozen encoder in eval mode."""
@@ -103,12 +123,17 @@ class SLAPFrameEncoder(nn.Module):
         Returns
         -------
         torch.Tensor
-            ``(B, T', D)``.
+            ``(B, T', output_size)``.
         """
         packed = self.encoder.patchify(feats, lengths)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             tokens = self.encoder(packed)
-        return time_step_features(tokens, packed)[0]
+        if self.bands == "mean":
+            return time_step_features(tokens, packed)[0]
+        # Tokens are in time -> frequency order and every kept time step has all
+        # F bands, so each clip's (steps * F, D) tokens are (steps, F * D) rows.
+        padded, _ = unpack_tokens(tokens, packed.cu_seqlens)
+        return padded.reshape(padded.shape[0], -1, self.output_size)
 
     def output_lengths(self, feats: torch.Tensor, lengths: torch.Tensor | None = None):
         """Exact relative lengths of ``forward``'s output.

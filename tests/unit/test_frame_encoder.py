@@ -131,3 +131,32 @@ def test_fine_tuned_encoder_trains(make_encoder, batch):
     optimizer.step()
     with torch.no_grad():
         assert not torch.allclose(frame_encoder(feats, lens), frames.detach())
+
+
+def test_concat_rows_are_the_four_band_tokens_side_by_side(make_encoder, batch):
+    """bands="concat": row t = tokens (t, 0), (t, 1), (t, 2), (t, 3) concatenated; the mean
+    of its four chunks is the bands="mean" row; padding is zero; lengths are unchanged."""
+    feats, lens = batch
+    encoder = make_encoder()
+    concat = SLAPFrameEncoder(encoder, freeze=True, bands="concat")
+    mean = SLAPFrameEncoder(encoder, freeze=True)
+    assert (concat.output_size, mean.output_size) == (BANDS * 64, 64)
+    with torch.no_grad():
+        rows = concat(feats, lens)
+        tokens = encoder(feats, lens)
+        mean_rows = mean(feats, lens)
+    steps = [time_steps(n) for n in CLIP_SAMPLES]
+    assert rows.shape == (len(CLIP_SAMPLES), max(steps), BANDS * 64)
+    for b, n_steps in enumerate(steps):
+        for t in (0, n_steps - 1):
+            expected = torch.cat([tokens[b, t * BANDS + f] for f in range(BANDS)])
+            assert torch.equal(rows[b, t], expected)
+        assert torch.equal(rows[b, n_steps:], torch.zeros_like(rows[b, n_steps:]))
+    chunk_mean = rows.view(*rows.shape[:2], BANDS, 64).mean(dim=2)
+    assert (chunk_mean - mean_rows).abs().max() <= 1e-6
+    torch.testing.assert_close(concat.output_lengths(feats, lens), mean.output_lengths(feats, lens))
+
+
+def test_unknown_band_mode_is_refused(make_encoder):
+    with pytest.raises(ValueError, match="bands must be one of"):
+        SLAPFrameEncoder(make_encoder(), bands="sum")
