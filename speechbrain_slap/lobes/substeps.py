@@ -2,8 +2,11 @@
 
 One SLAP time step covers 16 feature frames (160 ms at a 10 ms hop). That is
 too coarse for character CTC: CTC needs at least one output step per label
-plus one blank between repeated labels, and read speech has 12 to 25
-characters a second, while 160 ms steps give 6.25 a second.
+plus one blank between repeated labels, and speech at 130 to 200 words a
+minute has about 15 characters a second (22 at most in the eSpeak corpus of
+``recipes/examples/encoder_ctc_asr``), while 160 ms steps give 6.25 a second.
+There, 8 sub-steps (20 ms) give every utterance at least twice the steps its
+transcript needs; 4 (40 ms) leave the fastest utterances none to spare.
 
 ``SubstepProjection`` splits every time step into ``substeps`` equal sub-steps
 with a learned linear map, from the step's ``F`` band tokens side by side
