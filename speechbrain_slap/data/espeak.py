@@ -4,18 +4,18 @@ The ``espeakng-loader`` package (the ``asr`` extra) ships ``libespeak-ng`` and
 its voice data. The library is driven through ``ctypes``:
 ``espeak_Initialize(AUDIO_OUTPUT_RETRIEVAL, ...)`` makes it hand the audio to
 a synth callback instead of playing it, and the callback collects 16-bit
-samples at the library's rate (22,050 Hz). ``espeak_Synchronize`` after each
-``espeak_Synth`` waits for the end of the utterance, so the same code also
-works with a library built with its asynchronous thread.
+samples at the library's rate (22,050 Hz). The shipped build returns from
+``espeak_Synth`` once the utterance is done; ``espeak_Synchronize`` after it
+waits for the end where a build synthesises on its own thread.
 
 The library is one global state per process: ``load_espeak`` initialises it
 once and every ``ESpeak`` method holds a lock.
 
-Reproducibility. eSpeak NG adds breath noise and pitch jitter from its own
-random generator, seeded from the clock at start-up; ``synthesize`` reseeds it
+Reproducibility. eSpeak NG adds noise and jitter from its own random
+generator, seeded differently in every process; ``synthesize`` reseeds it
 (``espeak_ng_SetRandSeed``) before each utterance. One state remains that no
-call resets: the phase of the pitch flutter (a static counter in the wave
-generator that advances with every sample ever synthesised in the process).
+call resets, not even ``espeak_Initialize``: the phase of the pitch flutter (a
+static counter of the wave generator that advances as samples are made).
 So an utterance is a function of its arguments *and* of what the process
 synthesised before; ``synthesize_in_new_process`` speaks a list of utterances
 in order in a fresh process, which makes the samples a function of the list
@@ -113,7 +113,7 @@ class ESpeak:
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed.restype = None
-        # buflength 0: the library's default (200 ms of audio per callback).
+        # buflength 0: the library's default amount of audio per callback.
         sample_rate = lib.espeak_Initialize(AUDIO_OUTPUT_RETRIEVAL, 0, data_path.encode(), 0)
         if sample_rate <= 0:
             raise RuntimeError(
@@ -146,6 +146,10 @@ class ESpeak:
         seed: int = 0,
     ) -> np.ndarray:
         """Speaks ``text`` with one voice at one rate and pitch.
+
+        The samples also depend on what this process synthesised before (the
+        pitch-flutter phase, see the module docstring); use
+        ``synthesize_in_new_process`` where they must be reproducible.
 
         Arguments
         ---------
