@@ -158,19 +158,28 @@ def draw_sentence(rng: np.random.Generator, words: dict[str, list[str]]) -> Sent
     Returns
     -------
     tuple
-        ``(slot, word)`` of each filled slot (an ending may hold several words).
+        ``(slot, word)`` of each filled slot (an ending may hold several words);
+        an optional slot without words stays empty.
 
     Example
     -------
     >>> sentence = draw_sentence(np.random.default_rng(0), VOCABULARY)
-    >>> 4 <= len(sentence_text(sentence).split()) <= 10
+    >>> 5 <= len(sentence_text(sentence).split()) <= 10
     True
+    >>> sentence = draw_sentence(np.random.default_rng(0), {**VOCABULARY, "adjective": []})
+    >>> any(slot == "adjective" for slot, _ in sentence)
+    False
     """
-    return tuple(
-        (slot, words[slot][rng.integers(len(words[slot]))])
-        for slot, probability in TEMPLATE
-        if probability >= 1.0 or rng.random() < probability
-    )
+    sentence = []
+    for slot, probability in TEMPLATE:
+        if probability < 1.0 and rng.random() >= probability:
+            continue
+        if not words[slot]:
+            if probability >= 1.0:
+                raise ValueError(f"no word to fill the required slot {slot!r}")
+            continue
+        sentence.append((slot, words[slot][rng.integers(len(words[slot]))]))
+    return tuple(sentence)
 
 
 def draw_split_sentences(
