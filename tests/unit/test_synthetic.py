@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import json
 import os
 import re
 
@@ -16,12 +17,15 @@ from speechbrain_slap.data.synthetic import (
     CAPTION_SEPARATOR,
     COMPOSITION_SEPARATOR,
     LOUDNESS_DBFS,
+    NO_EVENT,
     SOUND_TYPES,
     EventGroup,
     Scene,
     clip_scene,
+    frame_labels,
     generate_corpus,
     min_scene_duration,
+    parse_events,
     scene_captions,
     split_compositions,
     synthesize_scene,
@@ -64,8 +68,8 @@ def test_manifests_load_with_speechbrain(corpus):
     assert set(manifests) == {"train", "valid", "test"}
     for split, size in [("train", 30), ("valid", 6), ("test", 6)]:
         with open(manifests[split], encoding="utf-8") as fin:
-            assert (
-                fin.readline().strip() == "ID,duration,wav,caption,captions,sound_type,composition"
+            assert fin.readline().strip() == (
+                "ID,duration,wav,caption,captions,sound_type,composition,scene,events"
             )
         data = DynamicItemDataset.from_csv(manifests[split], replacements={"data_root": folder})
         data.set_output_keys(["id", "wav", "caption", "captions", "sound_type", "composition"])
@@ -322,3 +326,30 @@ def test_sound_types_are_spectrally_distinct():
     distances = ((profiles[:, 5:, None] - centroids[None, None]) ** 2).sum(-1)
     accuracy = (distances.argmin(-1) == np.arange(len(classes))[:, None]).mean()
     assert accuracy > 0.8
+
+
+def test_events_and_scene_columns_describe_the_audio(corpus):
+    """``events`` gives each event's span (it matches the audible runs); ``scene`` its attributes."""
+    folder, manifests = corpus
+    with open(manifests["train"], encoding="utf-8") as fin:
+        rows = list(csv.DictReader(fin))
+    checked = 0
+    for row in rows:
+        scene = json.loads(row["scene"])
+        events = parse_events(row["events"])
+        assert [e.sound_type for e in events] == [
+            g[0] for g in scene["groups"] for _ in range(g[3])
+        ]
+        assert all(0 <= e.onset < e.offset <= float(row["duration"]) + 1e-3 for e in events)
+        assert row["composition"] == COMPOSITION_SEPARATOR.join(g[0] for g in scene["groups"])
+        if scene["background"]:
+            continue
+        wave, rate = soundfile.read(folder / "audio" / "train" / f"{row['ID']}.wav")
+        # Quiet fade-ins quantise to zero in 16 bits: each run starts at an onset, within 3 ms.
+        starts = [start / rate for start, _ in _active_runs(wave, rate)]
+        assert len(starts) == len(events)
+        assert np.allclose(starts, [e.onset for e in events], atol=3e-3)
+        checked += 1
+    assert checked >= 5
+    steps = frame_labels(events, n_steps=int(float(row["duration"]) / 0.16))
+    assert set(steps) <= set(range(len(SOUND_TYPES) + 1)) and NO_EVENT in steps

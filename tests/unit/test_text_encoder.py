@@ -155,6 +155,34 @@ def test_output_dim_projection():
     assert same(["A dog barks."]).shape == (1, MINILM_WIDTH)
 
 
+def test_cache_of_frozen_states_gives_the_same_embeddings_and_gradients():
+    """cache_size > 0 with freeze: same output and head gradients, Transformer skipped."""
+    texts = ["A dog barks twice.", LONG_SENTENCE, "Rain.", "A dog barks twice."]
+    torch.manual_seed(0)
+    plain = HFTextEncoder(packaged_minilm_path(), output_dim=32, num_heads=4, freeze=True)
+    torch.manual_seed(0)
+    cached = HFTextEncoder(
+        packaged_minilm_path(), output_dim=32, num_heads=4, freeze=True, cache_size=2
+    )
+    calls = []
+    cached.model.register_forward_hook(lambda m, a, o: calls.append(a))
+    for batch in (texts, texts[::-1], texts[1:3]):
+        expected, got = plain(list(batch)), cached(list(batch))
+        assert torch.allclose(got, expected, atol=1e-5)
+        expected.sum().backward()
+        got.sum().backward()
+    for a, b in zip(plain.pooling.parameters(), cached.pooling.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4)
+    # Batch 1 runs the model once (3 distinct sentences); the cache keeps the last 2 used.
+    assert len(cached._states) == 2 and len(calls) <= 3
+    unfrozen = HFTextEncoder(packaged_minilm_path(), freeze=False, cache_size=8)
+    assert unfrozen.cache_size == 0  # a trained encoder's states change: nothing is kept
+    with pytest.raises(ValueError, match="cache_size must be >= 0"):
+        HFTextEncoder(packaged_minilm_path(), freeze=True, cache_size=-1)
+    with pytest.raises(ValueError, match=r"texts\[1\] must be a str"):
+        cached(["Rain.", 3])
+
+
 @pytest.mark.parametrize(
     ("texts", "match"),
     [
