@@ -341,15 +341,33 @@ class SLAPBrain(sb.Brain):
             with open(self._steps_file, "a") as fout:
                 fout.write(json.dumps(record) + "\n")
 
+    def _log_epoch(self, epoch, valid_metrics: dict, monitor: dict):
+        """Appends the epoch's retrieval metrics to ``train_epochs.jsonl`` (with its last step)."""
+        if not sb.utils.distributed.if_main_process():
+            return
+        record = {"step": self.optimizer_step, "epoch": epoch}
+        for key in ("t2a_R@1", "a2t_R@1", "mean_R@1", "zeroshot_accuracy"):
+            if key in valid_metrics:
+                record[f"valid_{key}"] = valid_metrics[key]
+            if f"train_{key}" in monitor:
+                record[f"train_{key}"] = monitor[f"train_{key}"]
+        with open(self._epochs_file, "a") as fout:
+            fout.write(json.dumps(record) + "\n")
+
     @property
     def _steps_file(self) -> Path:
         return Path(self.hparams.output_folder) / "train_steps.jsonl"
 
+    @property
+    def _epochs_file(self) -> Path:
+        return Path(self.hparams.output_folder) / "train_epochs.jsonl"
+
     def on_fit_start(self):
         """Initialises counters and step logging, then SpeechBrain's fit start (recovery).
 
-        After recovering a checkpoint, ``train_steps.jsonl`` is cut back to the
-        recovered optimizer step, so steps trained again are not logged twice.
+        After recovering a checkpoint, ``train_steps.jsonl`` and
+        ``train_epochs.jsonl`` are cut back to the recovered optimizer step, so
+        steps trained again are not logged twice.
         """
         self.step_log = []
         self.loss_stats = {}
@@ -359,19 +377,21 @@ class SLAPBrain(sb.Brain):
         self._nonfinite_loss = self._empty_in_step = self._step_skipped = False
         super().on_fit_start()
         if self.optimizer_step > 0 and sb.utils.distributed.if_main_process():
-            self._cut_steps_file(self.optimizer_step)
+            for path in (self._steps_file, self._epochs_file):
+                self._cut_log(path, self.optimizer_step)
 
-    def _cut_steps_file(self, last_step: int):
-        if not self._steps_file.is_file():
+    @staticmethod
+    def _cut_log(path: Path, last_step: int):
+        if not path.is_file():
             return
         kept = []
-        for line in self._steps_file.read_text().splitlines():
+        for line in path.read_text().splitlines():
             try:
                 if json.loads(line)["step"] <= last_step:
                     kept.append(line)
             except (ValueError, KeyError):  # a line cut short by a kill
                 continue
-        self._steps_file.write_text("".join(line + "\n" for line in kept))
+        path.write_text("".join(line + "\n" for line in kept))
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """SpeechBrain's loader; a training ``batch_sampler`` also gets ``set_epoch`` calls.
@@ -465,6 +485,35 @@ class SLAPBrain(sb.Brain):
             ]
         )
 
+    @torch.no_grad()
+    def monitor_train_retrieval(self) -> dict:
+        """Retrieval metrics on ``hparams.train_monitor``: training clips, scored like valid.
+
+        ``train.py`` sets it to a few hundred training clips read like the valid
+        split (start crop, first caption), so each epoch's log puts train R@1
+        beside valid R@1: a model that memorises its clips shows the gap.
+
+        Returns
+        -------
+        dict
+            ``retrieval_metrics`` of those clips, keys prefixed with ``train_``
+            (empty without a monitor set).
+        """
+        monitor = getattr(self.hparams, "train_monitor", None)
+        if monitor is None or len(monitor) == 0:
+            return {}
+        from speechbrain_slap.data.manifest import loader_kwargs
+
+        kept = (self.eval_audio, self.eval_captions, self.eval_labels)
+        self.eval_audio, self.eval_captions, self.eval_labels = [], [], []
+        kwargs = loader_kwargs(monitor, {**vars(self.hparams), "num_workers": 0}, train=False)
+        for batch in torch.utils.data.DataLoader(monitor, **kwargs):
+            if len(batch):
+                self._collect_eval(self.compute_forward(batch, sb.Stage.VALID), batch)
+        metrics, _, _ = self.evaluate_retrieval()
+        self.eval_audio, self.eval_captions, self.eval_labels = kept
+        return {f"train_{key}": value for key, value in metrics.items()}
+
     def evaluate_retrieval(self):
         """Retrieval metrics (all captions of each clip) over the collected stage.
 
@@ -517,11 +566,14 @@ class SLAPBrain(sb.Brain):
         if skipped["skipped_items"]:
             logged.update(skipped)
         if stage == sb.Stage.VALID:
+            monitor = self.monitor_train_retrieval()
+            train_stats = {**self.train_stats, **{k: round(v, 4) for k, v in monitor.items()}}
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": getattr(self, "current_lr", None)},
-                train_stats=self.train_stats,
+                train_stats=train_stats,
                 valid_stats=logged,
             )
+            self._log_epoch(epoch, metrics, monitor)
             self.checkpointer.save_and_keep_only(
                 meta={"mean_R@1": metrics["mean_R@1"]}, max_keys=["mean_R@1"]
             )
@@ -541,5 +593,7 @@ class SLAPBrain(sb.Brain):
         with open(output / "test_results.json", "w") as fout:
             json.dump(metrics, fout, indent=2)
         plot_similarity(similarity, text_to_audio, output / "test_similarity.png")
-        plot_training_curves(output / "train_steps.jsonl", output / "training_curves.png")
+        plot_training_curves(
+            self._steps_file, output / "training_curves.png", epochs_jsonl=self._epochs_file
+        )
         logger.info("test results written to %s", output / "test_results.json")

@@ -13,9 +13,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+RETRIEVAL_CURVES = tuple(
+    f"{split}_{key}"
+    for split in ("valid", "train")
+    for key in ("t2a_R@1", "a2t_R@1", "zeroshot_accuracy")
+)
 
-def plot_training_curves(steps_jsonl: str | Path, output_png: str | Path) -> Path:
-    """Plots every logged loss, the logit scale, LR, EMA momentum and tokens/s per step.
+
+def plot_training_curves(
+    steps_jsonl: str | Path, output_png: str | Path, epochs_jsonl: str | Path | None = None
+) -> Path:
+    """Plots every logged loss, R@1 per epoch, logit scale, LR, EMA momentum and tokens/s.
+
+    The retrieval panel shows the epoch records of ``epochs_jsonl``
+    (``valid_*`` and, with a train monitor, ``train_*`` t2a/a2t R@1 and
+    zero-shot accuracy) at the optimizer step where each epoch ended.
 
     Arguments
     ---------
@@ -23,29 +35,30 @@ def plot_training_curves(steps_jsonl: str | Path, output_png: str | Path) -> Pat
         One JSON record per logged step (``SLAPBrain`` writes ``train_steps.jsonl``).
     output_png : path
         Where to write the figure.
+    epochs_jsonl : path, optional
+        One JSON record per epoch (``train_epochs.jsonl``).
 
     Returns
     -------
     The PNG path.
     """
     steps_jsonl, output_png = Path(steps_jsonl), Path(output_png)
-    records = []
-    if steps_jsonl.exists():
-        with open(steps_jsonl) as fin:
-            records = [json.loads(line) for line in fin if line.strip()]
+    records = _read_jsonl(steps_jsonl) + (_read_jsonl(Path(epochs_jsonl)) if epochs_jsonl else [])
     panels = [
         ("losses", [k for k in ("loss", "loss_clap", "loss_ssl", "loss_cap") if _has(records, k)]),
+        ("retrieval per epoch", [k for k in RETRIEVAL_CURVES if _has(records, k)]),
         ("logit scale", ["logit_scale"]),
         ("learning rate", ["lr"]),
         ("EMA momentum", ["ema_momentum"]),
         ("real tokens / s", ["tokens_per_s"]),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (title, keys) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
         for key in keys:
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), label=key)
+                style = {"marker": "o"} if key in RETRIEVAL_CURVES else {}
+                ax.plot(*zip(*points, strict=True), label=key, **style)
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         if len(keys) > 1:
@@ -56,6 +69,13 @@ def plot_training_curves(steps_jsonl: str | Path, output_png: str | Path) -> Pat
     fig.savefig(output_png, dpi=100)
     plt.close(fig)
     return output_png
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as fin:
+        return [json.loads(line) for line in fin if line.strip()]
 
 
 def _has(records, key):

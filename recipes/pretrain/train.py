@@ -32,6 +32,7 @@ Authors
 """
 
 import csv
+import json
 import logging
 import math
 import sys
@@ -45,8 +46,15 @@ from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_slap.brain import SLAPBrain
 from speechbrain_slap.data import split_captions
-from speechbrain_slap.data.manifest import dataio_prepare, loader_kwargs, validate_manifest
+from speechbrain_slap.data.audio import AudioLoadError, load_audio
+from speechbrain_slap.data.manifest import (
+    dataio_prepare,
+    load_manifest,
+    loader_kwargs,
+    validate_manifest,
+)
 from speechbrain_slap.data.stream import ShardStream, StreamLoader
+from speechbrain_slap.frame_probe import frame_features, linear_probe
 from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -127,6 +135,62 @@ def stream_prepare(hparams, tokenizer):
     return loader
 
 
+def frame_probe(brain, hparams) -> dict:
+    """The dense-feature probe on the embedded corpus (``speechbrain_slap.frame_probe``).
+
+    Frozen time-step features of the student encoder (one row per 160 ms
+    step) of the first ``frame_probe_train_clips`` training clips train a
+    linear classifier of the sound type sounding at each step, or none (from
+    the manifest's ``events`` column); it is scored on every step of the test
+    clips. Manifests without ``events`` (real corpora) get no probe.
+
+    Returns
+    -------
+    dict
+        ``frame_probe_accuracy``, ``frame_probe_majority`` (share of the most
+        frequent test class), ``frame_probe_train_accuracy``, and the step
+        counts; empty without ``events``.
+    """
+    from speechbrain_slap.data.synthetic import NO_EVENT, frame_labels, parse_events
+
+    def steps_and_labels(split, limit=None):
+        rows = load_manifest(hparams[f"{split}_csv"], hparams["data_folder"])
+        rows = list(rows.values())[:limit]
+        if not rows or "events" not in rows[0]:
+            return None
+        waves, events = [], []
+        for row in rows:
+            try:
+                waves.append(load_audio(row["wav"], hparams["sample_rate"]))
+            except AudioLoadError as error:
+                logger.warning("frame probe: skipped %s: %s", row["wav"], error.reason)
+                continue
+            events.append(parse_events(row["events"]))
+        encoder = brain.modules.audio_encoder
+        feats = frame_features(
+            brain.modules.compute_features,
+            getattr(encoder, "module", encoder),  # DDP's module: rank 0 runs this alone
+            waves,
+            hparams["batch_seconds"],
+            hparams["sample_rate"],
+        )
+        labels = [torch.tensor(frame_labels(e, len(f))) for e, f in zip(events, feats, strict=True)]
+        return torch.cat(feats), torch.cat(labels)
+
+    train = steps_and_labels("train", hparams["frame_probe_train_clips"])
+    test = steps_and_labels("test")
+    if train is None or test is None:
+        return {}
+    result = linear_probe(*train, *test, n_classes=NO_EVENT + 1)
+    return {
+        "frame_probe_accuracy": result["accuracy"],
+        "frame_probe_majority": result["majority"],
+        "frame_probe_train_accuracy": result["train_accuracy"],
+        "frame_probe_train_steps": result["n_train"],
+        "frame_probe_test_steps": result["n_test"],
+    }
+
+
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     with open(hparams_file) as fin:
@@ -147,6 +211,7 @@ if __name__ == "__main__":
     run_on_main(prepare_tokenizer, kwargs={"hparams": hparams})
     tokenizer = prepare_tokenizer(hparams)
     datasets = dataio_prepare(hparams, tokenizer)
+    hparams["train_monitor"] = datasets.get("train_monitor")  # train R@1 beside valid R@1
 
     if hparams["train_shards"]:
         train_data = stream_prepare(hparams, tokenizer)
@@ -182,6 +247,18 @@ if __name__ == "__main__":
         max_key="mean_R@1",
         test_loader_kwargs=loader_kwargs(datasets["test"], hparams, train=False),
     )
+    if hparams.get("frame_probe_train_clips") and sb.utils.distributed.if_main_process():
+        probe = frame_probe(brain, hparams)
+        results_file = Path(hparams["output_folder"]) / "test_results.json"
+        if probe and results_file.is_file():
+            results = {**json.loads(results_file.read_text()), **probe}
+            results_file.write_text(json.dumps(results, indent=2))
+            logger.info(
+                "frame probe: accuracy %.3f (majority class %.3f) on %d test steps",
+                probe["frame_probe_accuracy"],
+                probe["frame_probe_majority"],
+                probe["frame_probe_test_steps"],
+            )
 
     if sb.utils.distributed.is_distributed_initialized():
         # gloo's worker threads free a collective's buffers just after it completes, and

@@ -49,11 +49,11 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.distributed import if_main_process
 
 from speechbrain_slap.data import split_captions
 from speechbrain_slap.data.audio import AudioLoadError, load_audio
+from speechbrain_slap.data.batching import DurationBatchSampler
 from speechbrain_slap.lobes.caption_decoder import encode_captions
 
 logger = logging.getLogger(__name__)
@@ -416,8 +416,10 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
     hparams : dict
         ``train_csv`` / ``valid_csv`` / ``test_csv``, ``data_folder``,
         ``output_folder``, ``sample_rate``, ``max_duration``,
-        ``max_caption_tokens``; optional ``train_shards`` and
-        ``zeroshot_labels`` (manifests with a ``sound_type`` column).
+        ``max_caption_tokens``; optional ``train_shards``,
+        ``zeroshot_labels`` (manifests with a ``sound_type`` column) and
+        ``train_monitor_clips`` (N > 0 adds a ``train_monitor`` split: the
+        first N training rows with the evaluation pipelines).
     tokenizer : SentencePiece
         The caption tokenizer: SpeechBrain's ``SentencePiece`` (its ``sp`` is
         used) or a ``sentencepiece.SentencePieceProcessor``.
@@ -501,15 +503,21 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
     datasets = {}
     keys = ["id", "sig", "captions", "caption", "tokens_in", "tokens_out"]
     splits = ("valid", "test") if hparams.get("train_shards") else ("train", "valid", "test")
+    monitor_clips = int(hparams.get("train_monitor_clips") or 0)
+    if monitor_clips > 0:
+        splits += ("train_monitor",)
     output_folder = Path(hparams["output_folder"])
     for split in splits:
         train = split == "train"
+        source = "train" if split == "train_monitor" else split
         rows = load_manifest(
-            hparams[f"{split}_csv"],
+            hparams[f"{source}_csv"],
             hparams["data_folder"],
-            rejected_csv=output_folder / f"{split}_rejected.csv",
+            rejected_csv=output_folder / f"{source}_rejected.csv",
         )
-        dataset = DynamicItemDataset(_without_pipeline_columns(rows, hparams[f"{split}_csv"]))
+        if split == "train_monitor":  # training clips, read like the valid split
+            rows = dict(list(rows.items())[:monitor_clips])
+        dataset = DynamicItemDataset(_without_pipeline_columns(rows, hparams[f"{source}_csv"]))
         dataset.add_dynamic_item(train_audio if train else eval_audio)
         dataset.add_dynamic_item(text_pipeline(train))
         split_keys = list(keys)
@@ -543,40 +551,48 @@ def _without_pipeline_columns(rows: dict[str, dict], csv_path) -> dict[str, dict
 
 def duration_sampler(
     dataset: DynamicItemDataset, hparams: dict, shuffle: bool
-) -> DynamicBatchSampler:
+) -> DurationBatchSampler:
     """Batches by total seconds of audio (a token budget), not by clip count.
+
+    The clips of a batch add up to at most ``batch_seconds`` (each counted up
+    to ``max_duration``, the training crop) and number at most
+    ``max_batch_clips`` (``speechbrain_slap.data.batching``): packing spends
+    nothing on padding, so a batch of short clips holds many of them.
 
     Arguments
     ---------
     dataset : DynamicItemDataset
         A ``dataio_prepare`` split (its ``duration`` values).
     hparams : dict
-        ``batch_seconds``, ``num_buckets``, ``max_duration``, ``max_batch_clips``.
+        ``batch_seconds``, ``max_duration``, ``max_batch_clips``; ``seed``
+        (optional, 0) seeds the per-epoch order.
     shuffle : bool
-        Random batches in random order (training; reseeded by ``set_epoch``),
-        else ascending duration.
+        A new random order every epoch (training; ``set_epoch``), else
+        ascending duration.
 
     Returns
     -------
-    DynamicBatchSampler
+    DurationBatchSampler
 
     Example
     -------
     >>> dataset = DynamicItemDataset({str(i): {"duration": float(i)} for i in range(1, 9)})
-    >>> hparams = {"batch_seconds": 10.0, "num_buckets": 2, "max_duration": 30.0,
-    ...            "max_batch_clips": 8}
+    >>> hparams = {"batch_seconds": 10.0, "max_duration": 30.0, "max_batch_clips": 8}
     >>> batches = list(duration_sampler(dataset, hparams, shuffle=True))
     >>> sorted(i for batch in batches for i in batch)  # every clip once
     [0, 1, 2, 3, 4, 5, 6, 7]
+    >>> all(sum(i + 1 for i in batch) <= 10 for batch in batches)
+    True
     """
-    return DynamicBatchSampler(
-        dataset,
-        max_batch_length=hparams["batch_seconds"],
-        num_buckets=hparams["num_buckets"],
-        length_func=lambda x: min(float(x["duration"]), hparams["max_duration"]),
+    with dataset.output_keys_as(["duration"]):
+        durations = [float(item["duration"]) for item in dataset]
+    return DurationBatchSampler(
+        durations,
+        batch_seconds=hparams["batch_seconds"],
+        max_batch_clips=hparams["max_batch_clips"],
+        max_duration=hparams["max_duration"],
         shuffle=shuffle,
-        batch_ordering="random" if shuffle else "ascending",
-        max_batch_ex=hparams["max_batch_clips"],
+        seed=hparams.get("seed", 0),
     )
 
 
@@ -607,7 +623,7 @@ def loader_kwargs(dataset: DynamicItemDataset, hparams: dict, train: bool) -> di
     Example
     -------
     >>> dataset = DynamicItemDataset({"a": {"duration": 2.0}, "b": {"duration": 3.0}})
-    >>> hparams = {"batch_seconds": 6.0, "num_buckets": 2, "max_duration": 30.0,
+    >>> hparams = {"batch_seconds": 6.0, "max_duration": 30.0,
     ...            "max_batch_clips": 8, "num_workers": 0, "seed": 1}
     >>> sorted(loader_kwargs(dataset, hparams, train=True))
     ['batch_sampler', 'collate_fn', 'generator', 'num_workers']

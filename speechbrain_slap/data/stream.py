@@ -74,7 +74,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from speechbrain_slap.data import CAPTION_SEPARATOR
+from speechbrain_slap.data import CAPTION_SEPARATOR, batching
 from speechbrain_slap.data.shards import INDEX_NAME
 from speechbrain_slap.lobes.caption_decoder import encode_captions
 
@@ -336,9 +336,8 @@ def pack_by_duration(
 ) -> Iterator[list[StreamSample]]:
     """Groups samples in order into batches of at most ``batch_seconds`` and ``max_clips``.
 
-    A clip counts ``min(duration, max_duration)`` seconds (training crops the
-    rest). A batch closes when the next clip would not fit, or at once when it
-    holds ``max_clips``.
+    The rule of ``speechbrain_slap.data.batching.pack_by_duration``; a clip
+    counts ``min(duration, max_duration)`` seconds (training crops the rest).
 
     Example
     -------
@@ -348,19 +347,9 @@ def pack_by_duration(
     >>> [len(b) for b in pack_by_duration(clips, 100.0, 2, max_duration=6.0)]
     [2, 2, 1]
     """
-    batch, seconds = [], 0.0
-    for sample in samples:
-        cost = sample.cost(max_duration)
-        if batch and seconds + cost > batch_seconds:
-            yield batch
-            batch, seconds = [], 0.0
-        batch.append(sample)
-        seconds += cost
-        if len(batch) >= max_clips:
-            yield batch
-            batch, seconds = [], 0.0
-    if batch:
-        yield batch
+    return batching.pack_by_duration(
+        samples, lambda sample: sample.cost(max_duration), batch_seconds, max_clips
+    )
 
 
 # --------------------------------------------------------------------------- the stream

@@ -14,14 +14,17 @@ Corpus layout (``generate_corpus``)::
     <output_folder>/corpus.json              config + counts, written last
 
 Manifest columns: ``ID, duration, wav, caption, captions, sound_type,
-composition``. ``wav`` is ``$data_root/audio/<split>/<ID>.wav``, so load with
+composition, scene, events``. ``wav`` is ``$data_root/audio/<split>/<ID>.wav``, so load with
 ``DynamicItemDataset.from_csv(path, replacements={"data_root": folder})``.
 ``caption`` is the first phrasing (for evaluation); ``captions`` holds all
 phrasings joined with ``CAPTION_SEPARATOR`` (``" | "``, which no caption
 contains), for training to pick one at random. ``sound_type`` is the type of
 the first event (for zero-shot classification with ``zero_shot_prompts()``)
-and ``composition`` the ordered event types joined with
-``COMPOSITION_SEPARATOR`` (e.g. ``"dog>bell"``).
+``composition`` the ordered event types joined with
+``COMPOSITION_SEPARATOR`` (e.g. ``"dog>bell"``), ``scene`` the groups'
+attributes and the background as JSON (``scene_to_json``), and ``events`` when
+each event sounds (``"dog@0.512-0.781;..."``, seconds; ``parse_events``), from
+which ``frame_labels`` gives the sound type at every 160 ms encoder step.
 
 Splits. A composition is the ordered tuple of the scene's event types. A
 seeded 20 of the 90 ordered pairs of distinct types are held out
@@ -58,9 +61,9 @@ from tqdm import tqdm
 
 from speechbrain_slap.data import CAPTION_SEPARATOR
 
-# Bump whenever a change alters the generated audio or captions, so that an old
-# corpus on disk is not mistaken for the current one.
-CORPUS_VERSION = 1
+# Bump whenever a change alters the generated audio, captions or manifests, so that an
+# old corpus on disk is not mistaken for the current one (2: events and scene columns).
+CORPUS_VERSION = 2
 
 SPLITS = ("train", "valid", "test")
 COMPOSITION_SEPARATOR = ">"
@@ -599,6 +602,69 @@ def _layout(scene: Scene, rng, sample_rate: int) -> list[tuple[int, list[int]]]:
     return layout
 
 
+@dataclass(frozen=True)
+class Event:
+    """One occurrence of a sound in a clip: its type and when it sounds (seconds).
+
+    Example
+    -------
+    >>> Event("dog", 0.5, 0.75).offset
+    0.75
+    """
+
+    sound_type: str
+    onset: float
+    offset: float
+
+
+def render_scene(
+    scene: Scene, rng: np.random.Generator, sample_rate: int = 16000
+) -> tuple[np.ndarray, list[Event]]:
+    """Renders a scene; returns the waveform (as ``synthesize_scene``) and its events.
+
+    Arguments
+    ---------
+    scene : Scene
+        What to render.
+    rng : numpy.random.Generator
+        Source of all randomness.
+    sample_rate : int
+        Output sample rate in Hz (at least 16000).
+
+    Returns
+    -------
+    wave : numpy.ndarray
+        ``(round(scene.duration * sample_rate),)`` float32 in [-1, 1].
+    events : list of Event
+        Every placed event, in temporal order.
+
+    Example
+    -------
+    >>> scene = Scene((EventGroup("bell", "high", "loud", 2),), duration=3.0, background=False)
+    >>> wave, events = render_scene(scene, np.random.default_rng(0))
+    >>> [event.sound_type for event in events], events[0].offset < events[1].onset
+    (['bell', 'bell'], True)
+    """
+    if sample_rate < 16000:
+        raise ValueError(f"sample_rate must be at least 16000 Hz, got {sample_rate}")
+    num_samples = int(round(scene.duration * sample_rate))
+    wave = _background(rng, num_samples, sample_rate) if scene.background else np.zeros(num_samples)
+    events = []
+    for group, (length, onsets) in zip(scene.groups, _layout(scene, rng, sample_rate), strict=True):
+        event = _SOUNDS[group.sound_type].synthesize(
+            rng, length, sample_rate, group.pitch == "high"
+        )
+        event = _set_level(event, LOUDNESS_DBFS[group.loudness], sample_rate)
+        for onset in onsets:
+            end = min(onset + length, num_samples)
+            wave[onset:end] += event[: end - onset]
+            events.append(Event(group.sound_type, onset / sample_rate, end / sample_rate))
+    peak = np.abs(wave).max()
+    if peak > 1.0:  # not reached with the levels above; kept so the contract always holds
+        wave /= peak
+    return wave.astype(np.float32), events
+
+
 def synthesize_scene(
     scene: Scene, rng: np.random.Generator, sample_rate: int = 16000
 ) -> np.ndarray:
@@ -630,22 +696,83 @@ def synthesize_scene(
     >>> wave.shape
     (48000,)
     """
-    if sample_rate < 16000:
-        raise ValueError(f"sample_rate must be at least 16000 Hz, got {sample_rate}")
-    num_samples = int(round(scene.duration * sample_rate))
-    wave = _background(rng, num_samples, sample_rate) if scene.background else np.zeros(num_samples)
-    for group, (length, onsets) in zip(scene.groups, _layout(scene, rng, sample_rate), strict=True):
-        event = _SOUNDS[group.sound_type].synthesize(
-            rng, length, sample_rate, group.pitch == "high"
-        )
-        event = _set_level(event, LOUDNESS_DBFS[group.loudness], sample_rate)
-        for onset in onsets:
-            end = min(onset + length, num_samples)
-            wave[onset:end] += event[: end - onset]
-    peak = np.abs(wave).max()
-    if peak > 1.0:  # not reached with the levels above; kept so the contract always holds
-        wave /= peak
-    return wave.astype(np.float32)
+    return render_scene(scene, rng, sample_rate)[0]
+
+
+EVENT_SEPARATOR = ";"
+# A frame label for the steps where no event sounds (after the sound types' indices).
+NO_EVENT = len(SOUND_TYPES)
+
+
+def format_events(events: Sequence[Event]) -> str:
+    """The manifest's ``events`` field: ``type@onset-offset`` joined by ``;`` (ms precision).
+
+    Example
+    -------
+    >>> format_events([Event("dog", 0.5, 0.75), Event("bell", 1.0, 2.25)])
+    'dog@0.500-0.750;bell@1.000-2.250'
+    """
+    return EVENT_SEPARATOR.join(f"{e.sound_type}@{e.onset:.3f}-{e.offset:.3f}" for e in events)
+
+
+def parse_events(text: str) -> list[Event]:
+    """Inverse of ``format_events``; a field naming an unknown type is a ``ValueError``.
+
+    Example
+    -------
+    >>> parse_events("dog@0.500-0.750;bell@1.000-2.250")[1]
+    Event(sound_type='bell', onset=1.0, offset=2.25)
+    """
+    events = []
+    for item in filter(None, text.split(EVENT_SEPARATOR)):
+        name, _, span = item.partition("@")
+        onset, _, offset = span.partition("-")
+        if name not in SOUND_TYPES or not onset or not offset:
+            raise ValueError(f"bad event {item!r}: expected 'type@onset-offset'")
+        events.append(Event(name, float(onset), float(offset)))
+    return events
+
+
+def frame_labels(events: Sequence[Event], n_steps: int, step_seconds: float = 0.16) -> list[int]:
+    """The sound at the centre of each encoder time step: a ``SOUND_TYPES`` index or ``NO_EVENT``.
+
+    Arguments
+    ---------
+    events : sequence of Event
+        A clip's events (``parse_events`` of its manifest row).
+    n_steps : int
+        Time steps of the clip's frame features.
+    step_seconds : float
+        Duration of a step (16 frames of 10 ms).
+
+    Returns
+    -------
+    list of int
+
+    Example
+    -------
+    >>> frame_labels([Event("bird", 0.20, 0.40)], n_steps=4)  # centres 0.08, 0.24, 0.40, 0.56
+    [10, 1, 10, 10]
+    """
+    labels = [NO_EVENT] * n_steps
+    for step in range(n_steps):
+        centre = (step + 0.5) * step_seconds
+        for event in events:
+            if event.onset <= centre < event.offset:
+                labels[step] = SOUND_TYPES.index(event.sound_type)
+    return labels
+
+
+def scene_to_json(scene: Scene) -> str:
+    """The manifest's ``scene`` field: groups (type, pitch, loudness, count) and background.
+
+    Example
+    -------
+    >>> scene_to_json(Scene((EventGroup("dog", "high", "loud", 2),), 2.0, background=True))
+    '{"groups": [["dog", "high", "loud", 2]], "background": true}'
+    """
+    groups = [[g.sound_type, g.pitch, g.loudness, g.count] for g in scene.groups]
+    return json.dumps({"groups": groups, "background": scene.background})
 
 
 # --------------------------------------------------------------------------- scenes & splits
@@ -799,14 +926,24 @@ def _check_durations(min_duration: float, max_duration: float):
 
 # --------------------------------------------------------------------------- corpus
 
-MANIFEST_FIELDS = ("ID", "duration", "wav", "caption", "captions", "sound_type", "composition")
+MANIFEST_FIELDS = (
+    "ID",
+    "duration",
+    "wav",
+    "caption",
+    "captions",
+    "sound_type",
+    "composition",
+    "scene",
+    "events",
+)
 
 
 def _clip_row(seed: int, split: str, index: int, sample_rate, min_duration, max_duration):
     """(manifest row, int16 audio) of one clip."""
     scene = clip_scene(seed, split, index, min_duration, max_duration)
     audio_rng = np.random.default_rng(_clip_seeds(seed, split, index)[1])
-    wave = synthesize_scene(scene, audio_rng, sample_rate)
+    wave, events = render_scene(scene, audio_rng, sample_rate)
     captions = scene_captions(scene)
     assert not any(CAPTION_SEPARATOR.strip() in caption for caption in captions)
     clip_id = f"{split}_{index:05d}"
@@ -818,6 +955,8 @@ def _clip_row(seed: int, split: str, index: int, sample_rate, min_duration, max_
         "captions": CAPTION_SEPARATOR.join(captions),
         "sound_type": scene.composition[0],
         "composition": COMPOSITION_SEPARATOR.join(scene.composition),
+        "scene": scene_to_json(scene),
+        "events": format_events(events),
     }
     return row, np.round(wave * 32767).astype(np.int16)
 

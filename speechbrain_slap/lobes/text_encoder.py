@@ -16,6 +16,7 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
+import collections
 import contextlib
 import os
 
@@ -68,6 +69,14 @@ class HFTextEncoder(nn.Module):
         Sentences are truncated to this many tokens (special tokens included).
     cache_dir : str, optional
         Hugging Face cache folder for hub downloads.
+    cache_size : int
+        With ``freeze``, the encoder's token states of up to this many distinct
+        sentences are kept (least recently used first out), so a sentence seen
+        again (the captions of a corpus, every epoch) skips the frozen
+        Transformer; only the MAP head and projection run. 0 (default) keeps
+        nothing. States are computed one sentence at a time, so they do not
+        depend on the batch (the embeddings equal the uncached ones to float
+        rounding, and a resumed run gets the same bits as an uninterrupted one).
 
     Example
     -------
@@ -84,10 +93,13 @@ class HFTextEncoder(nn.Module):
         freeze: bool = False,
         max_length: int = 64,
         cache_dir: str | None = None,
+        cache_size: int = 0,
     ):
         super().__init__()
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 (special tokens), got {max_length}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         load_kwargs = {"cache_dir": cache_dir}
         if os.path.isdir(source):
             load_kwargs["local_files_only"] = True
@@ -112,6 +124,8 @@ class HFTextEncoder(nn.Module):
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
+        self.cache_size = cache_size if freeze else 0
+        self._states = collections.OrderedDict()  # sentence -> (tokens, hidden) on the CPU
 
     def train(self, mode: bool = True) -> "HFTextEncoder":
         """Sets training mode; a frozen encoder stays in eval mode (no dropout)."""
@@ -133,13 +147,7 @@ class HFTextEncoder(nn.Module):
         ``{"input_ids": (B, L), "attention_mask": (B, L)}``, right-padded to
         the longest sentence, each truncated to ``max_length`` tokens.
         """
-        if not isinstance(texts, list | tuple) or len(texts) == 0:
-            raise ValueError(f"texts must be a non-empty list of str, got {texts!r}")
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"texts[{index}] must be a str, got {type(text).__name__}: {text!r}"
-                )
+        _check_texts(texts)
         batch = self.tokenizer(
             list(texts),
             padding="longest",
@@ -195,4 +203,31 @@ class HFTextEncoder(nn.Module):
         -------
         ``(B, output_dim)`` pooled embeddings (not normalised).
         """
-        return self.forward_tokens(**self.tokenize(texts))
+        if not self.cache_size:
+            return self.forward_tokens(**self.tokenize(texts))
+        for text in dict.fromkeys(t for t in _check_texts(texts) if t not in self._states):
+            # One sentence at a time: its states do not depend on what else is in the batch
+            # (padding changes the rounding), so a resumed run caches the same bits.
+            with torch.no_grad():
+                self._states[text] = self.model(**self.tokenize([text])).last_hidden_state[0].cpu()
+        device = self.pooling.probe.device
+        rows = []
+        for text in texts:
+            self._states.move_to_end(text)
+            rows.append(self._states[text])
+        while len(self._states) > self.cache_size:
+            self._states.popitem(last=False)
+        cu_seqlens = torch.zeros(len(rows) + 1, dtype=torch.int32, device=device)
+        cu_seqlens[1:] = torch.cumsum(torch.tensor([len(r) for r in rows], device=device), 0)
+        tokens = torch.cat(rows).to(device)
+        return self.projection(self.pooling.forward_packed(tokens, cu_seqlens))
+
+
+def _check_texts(texts) -> list[str]:
+    """``texts`` as a list, if it is a non-empty list or tuple of str; else ``ValueError``."""
+    if not isinstance(texts, list | tuple) or len(texts) == 0:
+        raise ValueError(f"texts must be a non-empty list of str, got {texts!r}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{index}] must be a str, got {type(text).__name__}: {text!r}")
+    return list(texts)

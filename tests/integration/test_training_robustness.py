@@ -159,7 +159,13 @@ def hostile_manifests(tiny_corpus, tmp_path):
         text = (tiny_corpus / f"{split}.csv").read_text().replace("$data_root", str(tiny_corpus))
         (folder / f"{split}.csv").write_text(text)
     with open(folder / "valid.csv", "a") as fout:
-        fout.write("valid_missing,1.0,/no/such/clip.wav,A caption.,A caption.,dog,dog\n")
+        # The corpus's columns (ID, duration, wav, caption, captions, sound_type, ...).
+        columns = (tiny_corpus / "valid.csv").read_text().splitlines()[0].split(",")
+        extra = [""] * (len(columns) - 7)
+        fout.write(
+            ",".join(["valid_missing,1.0,/no/such/clip.wav,A caption.,A caption.,dog,dog"] + extra)
+            + "\n"
+        )
     return folder, train_csv, bad_rows, unusable, usable, [r["ID"] for r in good]
 
 

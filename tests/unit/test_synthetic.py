@@ -329,7 +329,7 @@ def test_sound_types_are_spectrally_distinct():
 
 
 def test_events_and_scene_columns_describe_the_audio(corpus):
-    """``events`` gives each event's span (it matches the audible runs); ``scene`` its attributes."""
+    """``events`` gives each event's span (matching the audible runs), ``scene`` the attributes."""
     folder, manifests = corpus
     with open(manifests["train"], encoding="utf-8") as fin:
         rows = list(csv.DictReader(fin))

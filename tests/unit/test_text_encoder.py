@@ -166,15 +166,21 @@ def test_cache_of_frozen_states_gives_the_same_embeddings_and_gradients():
     )
     calls = []
     cached.model.register_forward_hook(lambda m, a, o: calls.append(a))
+    computed = []
     for batch in (texts, texts[::-1], texts[1:3]):
         expected, got = plain(list(batch)), cached(list(batch))
         assert torch.allclose(got, expected, atol=1e-5)
         expected.sum().backward()
         got.sum().backward()
+        computed.append(len(calls))
     for a, b in zip(plain.pooling.parameters(), cached.pooling.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-4)
-    # Batch 1 runs the model once (3 distinct sentences); the cache keeps the last 2 used.
-    assert len(cached._states) == 2 and len(calls) <= 3
+    # One model call per sentence not kept; the cache keeps the 2 used last (LRU):
+    # batch 1 computes 3, batch 2 only the long one (evicted), batch 3 only "Rain." (evicted).
+    assert computed == [3, 4, 5] and len(cached._states) == 2
+    # A sentence's states do not depend on its batch.
+    alone = cached.model(**cached.tokenize([texts[2]])).last_hidden_state[0]
+    assert torch.equal(cached._states[texts[2]], alone.detach())
     unfrozen = HFTextEncoder(packaged_minilm_path(), freeze=False, cache_size=8)
     assert unfrozen.cache_size == 0  # a trained encoder's states change: nothing is kept
     with pytest.raises(ValueError, match="cache_size must be >= 0"):

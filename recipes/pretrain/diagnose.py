@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""What limits SLAP pretraining on the embedded corpus: measurements, no training changes.
+
+Three reports (``recipes/pretrain/README.md`` has their results):
+
+``time``: where a training step's wall time goes. Builds the recipe's
+``SLAPBrain`` from a yaml exactly as ``train.py`` does, runs ``--steps``
+training steps and times every module's forward (features, SpecAugment, the
+student encoder over both views, the EMA teacher, the text encoder, the
+caption decoder, the SSL heads), the losses, the EMA update, and the rest of
+the step (backward and optimizer); data loading is timed on its own by
+drawing the same number of batches from the train loader::
+
+    python recipes/pretrain/diagnose.py time recipes/pretrain/hparams/pretrain_tiny_synth.yaml
+
+``attributes``: for a trained recipe output, which attribute a text-to-audio
+top-1 retrieval gets right on the valid (or test) split: the pair of sound
+types, their order, and each group's pitch, loudness and count::
+
+    python recipes/pretrain/diagnose.py attributes results/pretrain_tiny_synth/1234 --split valid
+
+``oracle``: what a perfect reader of the captions could reach: how many clips
+of a split share an identical description (same scene, so the same captions),
+and the R@1 a retrieval that ranks those ties at random would score::
+
+    python recipes/pretrain/diagnose.py oracle data/slap_synth --split test
+
+Authors
+ * speechbrain-slap contributors 2026
+"""
+
+import argparse
+import collections
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train as recipe  # noqa: E402  (the recipe beside this file)
+
+# Modules timed in "time", in the order of a step.
+TIMED = (
+    "compute_features",
+    "spec_augment",
+    "audio_encoder",
+    "teacher_encoder",
+    "audio_pooling",
+    "text_encoder",
+    "caption_decoder",
+    "ssl_head",
+    "teacher_ssl_head",
+)
+
+
+class Timer:
+    """Sums the wall time of a module's forward calls (pre/post hooks)."""
+
+    def __init__(self):
+        self.total = collections.defaultdict(float)
+        self._start = {}
+
+    def attach(self, name: str, module: torch.nn.Module):
+        module.register_forward_pre_hook(
+            lambda m, args: self._start.__setitem__(name, time.perf_counter())
+        )
+        module.register_forward_hook(
+            lambda m, args, out: self.total.__setitem__(
+                name, self.total[name] + time.perf_counter() - self._start[name]
+            )
+        )
+
+
+def build(yaml_file: str, overrides: str):
+    """The recipe's hparams, datasets and ``SLAPBrain``, built as ``train.py`` builds them."""
+    with open(yaml_file) as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(hparams["output_folder"])
+    recipe.prepare_corpus(hparams)
+    tokenizer = recipe.prepare_tokenizer(hparams)
+    datasets = recipe.dataio_prepare(hparams, tokenizer)
+    train_kwargs = recipe.loader_kwargs(datasets["train"], hparams, train=True)
+    steps = len(train_kwargs["batch_sampler"]) * hparams["number_of_epochs"]
+    hparams["lr_schedule"].total_steps = hparams["teacher"].total_steps = steps
+    brain = recipe.SLAPBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"device": "cpu", "noprogressbar": True},
+        checkpointer=hparams["checkpointer"],
+    )
+    return hparams, datasets, brain, train_kwargs
+
+
+def time_split(args) -> None:
+    """Prints the per-step time of each part of a training step."""
+    hparams, datasets, brain, train_kwargs = build(args.hparams, args.overrides)
+    loader = brain.make_dataloader(datasets["train"], sb.Stage.TRAIN, **train_kwargs)
+    start = time.perf_counter()
+    batches = [batch for _, batch in zip(range(args.steps + args.warmup), loader, strict=False)]
+    loading = (time.perf_counter() - start) / len(batches)
+
+    timer = Timer()
+    for name in ("compute_features", "audio_encoder", "audio_pooling", "text_encoder"):
+        timer.attach(name, brain.modules[name])
+    timer.attach("caption_decoder", brain.modules["caption_decoder"])
+    timer.attach("ssl_head", brain.modules["ssl_head"])
+    timer.attach("teacher_encoder", brain.modules["teacher"]["audio_encoder"])
+    timer.attach("teacher_ssl_head", brain.modules["teacher"]["ssl_head"])
+    for augment in hparams["spec_augment"] or []:
+        timer.attach("spec_augment", augment)
+    objectives, ema = [0.0], [0.0]
+
+    def timed(function, store):
+        def wrapper(*a, **k):
+            begin = time.perf_counter()
+            result = function(*a, **k)
+            store[0] += time.perf_counter() - begin
+            return result
+
+        return wrapper
+
+    brain.compute_objectives = timed(brain.compute_objectives, objectives)
+    teacher = brain.modules["teacher"]
+    teacher.update = timed(teacher.update, ema)
+
+    brain.on_fit_start()
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    brain.modules.train()
+    audio_seconds, clips, step_times = [], [], []
+    for index, batch in enumerate(batches):
+        if index == args.warmup:  # the first steps allocate and warm caches
+            timer.total.clear()
+            objectives[0] = ema[0] = 0.0
+        begin = time.perf_counter()
+        brain.step += 1
+        batch_ = brain.fit_batch(batch)
+        brain.on_fit_batch_end(batch, None, batch_, True)
+        if index >= args.warmup:
+            step_times.append(time.perf_counter() - begin)
+            lengths = batch.sig[1] * batch.sig[0].shape[1] / hparams["sample_rate"]
+            audio_seconds.append(float(lengths.sum()))
+            clips.append(len(batch))
+    n = len(step_times)
+    step = sum(step_times) / n
+    # The objectives call includes the losses only; the caption and SSL heads run in forward.
+    rows = [(name, timer.total[name] / n) for name in TIMED if name in timer.total]
+    rows += [("losses (CLAP, SSL, captioning)", objectives[0] / n), ("EMA update", ema[0] / n)]
+    rows.append(("backward + optimizer (the rest)", step - sum(t for _, t in rows)))
+    print(
+        f"\n{n} training steps after {args.warmup} warm-up steps, torch threads "
+        f"{torch.get_num_threads()}: {statistics.mean(clips):.1f} clips and "
+        f"{statistics.mean(audio_seconds):.1f} s of audio per step, step {1000 * step:.0f} ms "
+        f"({statistics.mean(audio_seconds) / step:.0f} audio-s/s); data loading "
+        f"{1000 * loading:.0f} ms per batch (num_workers {hparams['num_workers']})\n"
+    )
+    print("| part | ms / step | share of the step |\n|---|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / step:.1f}% |")
+    print(f"| data loading (separate) | {1000 * loading:.1f} | {100 * loading / step:.1f}% |")
+
+
+def _scenes(csv_file: Path) -> dict[str, dict]:
+    with open(csv_file, newline="", encoding="utf-8") as fin:
+        return {row["ID"]: json.loads(row["scene"]) for row in csv.DictReader(fin)}
+
+
+def attribute_matches(similarity: torch.Tensor, text_to_audio, scenes: list[dict]) -> dict:
+    """Share of text queries whose top-1 audio agrees with the query's clip on each attribute.
+
+    ``pair``: the same set of sound types; ``order``: the same ordered types,
+    among queries whose pair is right; ``pitch``/``loudness``/``count``: every
+    group agrees, among queries whose ordered types are right; ``exact``: the
+    same clip (t2a R@1).
+    """
+    top = similarity.argmax(dim=1).tolist()
+    counts = collections.Counter()
+    for query, retrieved in enumerate(top):
+        want, got = scenes[text_to_audio[query]], scenes[retrieved]
+        types = [g[0] for g in want["groups"]], [g[0] for g in got["groups"]]
+        counts["queries"] += 1
+        counts["exact"] += retrieved == text_to_audio[query]
+        if sorted(types[0]) != sorted(types[1]):
+            continue
+        counts["pair"] += 1
+        if types[0] != types[1]:
+            continue
+        counts["order"] += 1
+        for index, name in ((1, "pitch"), (2, "loudness"), (3, "count")):
+            pairs = zip(want["groups"], got["groups"], strict=True)
+            counts[name] += all(a[index] == b[index] for a, b in pairs)
+    n = counts["queries"]
+    return {
+        "t2a_R@1": counts["exact"] / n,
+        "pair": counts["pair"] / n,
+        "order_given_pair": counts["order"] / max(counts["pair"], 1),
+        **{
+            f"{k}_given_order": counts[k] / max(counts["order"], 1)
+            for k in ("pitch", "loudness", "count")
+        },
+    }
+
+
+def attributes(args) -> None:
+    """Loads the best checkpoint of a recipe output and prints the attribute matches."""
+    output = Path(args.output_folder)
+    overrides = {"output_folder": str(output), **json.loads(args.overrides or "{}")}
+    hparams, datasets, brain, _ = build(str(output / "hyperparams.yaml"), overrides)
+    brain.checkpointer.recover_if_possible(max_key="mean_R@1")
+    brain.on_stage_start(sb.Stage.VALID)
+    brain.modules.eval()
+    loader = brain.make_dataloader(
+        datasets[args.split],
+        sb.Stage.VALID,
+        **recipe.loader_kwargs(datasets[args.split], hparams, train=False),
+    )
+    ids = []
+    with torch.no_grad():
+        for batch in loader:
+            brain._collect_eval(brain.compute_forward(batch, sb.Stage.VALID), batch)
+            ids.extend(batch.id)
+    metrics, similarity, text_to_audio = brain.evaluate_retrieval()
+    by_id = _scenes(Path(hparams[f"{args.split}_csv"]))
+    result = attribute_matches(similarity, text_to_audio, [by_id[i] for i in ids])
+    print(json.dumps({"split": args.split, **result}, indent=2))
+
+
+def oracle(args) -> None:
+    """Prints how many clips share a description, and the oracle's expected R@1."""
+    scenes = _scenes(Path(args.data_folder) / f"{args.split}.csv")
+    groups = collections.Counter(json.dumps(scene, sort_keys=True) for scene in scenes.values())
+    n = len(scenes)
+    expected = sum(size * (1 / size) for size in groups.values()) / n  # = distinct / n
+    shared = sum(size for size in groups.values() if size > 1)
+    print(
+        json.dumps(
+            {
+                "split": args.split,
+                "clips": n,
+                "distinct_descriptions": len(groups),
+                "clips_sharing_a_description": shared,
+                "largest_group": max(groups.values()),
+                "oracle_t2a_R@1": expected,
+                "chance_R@1": 1 / n,
+            },
+            indent=2,
+        )
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="report", required=True)
+    p = sub.add_parser("time", help="time split of a training step")
+    p.add_argument("hparams")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--overrides", default="", help="yaml overrides, e.g. '{batch_seconds: 60}'")
+    p.set_defaults(func=time_split)
+    p = sub.add_parser("attributes", help="attribute matches of t2a top-1 retrieval")
+    p.add_argument("output_folder")
+    p.add_argument("--split", default="valid", choices=("valid", "test"))
+    p.add_argument("--overrides", default="", help="JSON overrides")
+    p.set_defaults(func=attributes)
+    p = sub.add_parser("oracle", help="clips sharing a description")
+    p.add_argument("data_folder")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.set_defaults(func=oracle)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
