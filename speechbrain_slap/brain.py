@@ -233,6 +233,63 @@ class SLAPBrain(sb.Brain):
             self.hparams.teacher_temp_end,
         )
 
+    # -- compilation -------------------------------------------------------------
+    # What --compile compiles unless compile_module_keys names others: the parts that
+    # run over every token of the step. The audio encoders' blocks were measured
+    # (benchmarks/README.md: packed encoder 30% -> 50% MFU on an H200); the text
+    # encoder and the caption decoder are compiled on the same grounds (many small
+    # kernels over every caption) but their gain on a GPU is not measured yet
+    # (benchmarks/gpu_check.sh measures the whole step compiled vs eager).
+    # Left eager: MAP pooling, prototype heads and losses (few matmuls, data-dependent
+    # shapes, collectives inside), the features (STFT).
+    COMPILED_MODULES = ("audio_encoder", "teacher", "text_encoder", "caption_decoder")
+
+    def _compile(self):
+        """SpeechBrain's compile step (``--compile``, ``compile: True``), done SLAP's way.
+
+        SpeechBrain wraps whole modules in ``torch.compile``, with static
+        shapes by default. A packed batch changes its token count every step
+        (and captions their length), so static shapes would recompile at every
+        step (``DESIGN.md`` Sec. 6), and the wrapper would add ``_orig_mod.``
+        to the keys of every module's state. Here modules are compiled in
+        place (``nn.Module.compile``: checkpoints keep their keys and load into
+        eager models), with ``dynamic=True``, by their ``compile_blocks`` where
+        they have one (the audio encoder's and the caption decoder's blocks,
+        the text encoder's Hugging Face model, the teacher's audio encoder),
+        else as a whole.
+
+        Modules: ``compile_module_keys`` if given, else ``COMPILED_MODULES``
+        (those of them that ``modules`` has). ``compile_mode`` and
+        ``compile_using_fullgraph`` are passed on;
+        ``compile_using_dynamic_shape_tracing`` is not used (always dynamic).
+        This runs before DDP wraps the modules. ``--jit`` stays SpeechBrain's.
+        """
+        if self.compile:
+            if self.compile_module_keys is None:
+                keys = [key for key in self.COMPILED_MODULES if key in self.modules]
+            else:
+                keys = list(self.compile_module_keys)
+            missing = [key for key in keys if key not in self.modules]
+            if missing:
+                raise ValueError(
+                    f"compile_module_keys names {missing}, which are not in modules "
+                    f"({sorted(self.modules)})"
+                )
+            options = {"mode": self.compile_mode, "fullgraph": self.compile_using_fullgraph}
+            for key in keys:
+                module = self.modules[key]
+                if hasattr(module, "compile_blocks"):
+                    module.compile_blocks(**options)
+                else:
+                    module.compile(dynamic=True, **options)
+            logger.info("compiled in place (dynamic shapes): %s", ", ".join(keys) or "nothing")
+        if self.jit:
+            compile_flag, self.compile = self.compile, False
+            try:
+                super()._compile()
+            finally:
+                self.compile = compile_flag
+
     # -- optimisation ----------------------------------------------------------
     def fit_batch(self, batch):
         """SpeechBrain's ``fit_batch``; a batch with no usable item skips its step.

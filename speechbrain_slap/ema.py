@@ -77,6 +77,23 @@ class EMATeacher(nn.Module):
         self.modules_ema.eval()
         return self
 
+    def compile_blocks(self, **kwargs):
+        """Compiles the blocks of the tracked modules that have ``compile_blocks``, in place.
+
+        Arguments
+        ---------
+        **kwargs
+            Passed on to each module's ``compile_blocks`` (``torch.compile`` options).
+
+        Returns
+        -------
+        self
+        """
+        for module in self.modules_ema.values():
+            if hasattr(module, "compile_blocks"):
+                module.compile_blocks(**kwargs)
+        return self
+
     @property
     def momentum(self) -> float:
         """Momentum the next update will use."""

@@ -209,7 +209,17 @@ class SLAPAudioEncoder(nn.Module):
         """Compiles each block with ``torch.compile`` (dynamic shapes by default).
 
         Packed batches change their token count every step, so static shapes
-        would recompile; ``dynamic=True`` avoids that.
+        would recompile; ``dynamic=True`` avoids that. In place
+        (``nn.Module.compile``): the state keys stay as they are.
+
+        Arguments
+        ---------
+        **kwargs
+            ``torch.compile`` options (``mode``, ``fullgraph``, ``dynamic``).
+
+        Returns
+        -------
+        self
         """
         kwargs.setdefault("dynamic", True)
         for block in self.blocks:

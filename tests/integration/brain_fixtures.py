@@ -1,13 +1,15 @@
 """The tiny ``SLAPBrain`` of the pretraining integration tests, as plain functions.
 
 ``conftest.py`` turns them into fixtures (``make_brain``); processes that
-pytest does not run (the DDP workers of ``test_gradient_cache_ddp.py``) call
-them directly. The Brain is built from
+pytest does not run (the DDP workers of ``test_gradient_cache.py``) call them
+directly. The Brain is built from
 ``recipes/pretrain/hparams/pretrain_tiny_synth.yaml`` with a small model (the
-frozen MiniLM text encoder stays) on the tiny generated corpus.
+frozen MiniLM text encoder stays) on the tiny generated corpus. Also the
+helpers that feed it fixed micro-batches and capture its step's gradients.
 """
 
 import importlib.util
+import random
 import sys
 from pathlib import Path
 
@@ -74,3 +76,36 @@ def build_brain(
         checkpointer=hparams["checkpointer"],
     )
     return brain, hparams, datasets
+
+
+def examples(dataset, groups) -> list[list[dict]]:
+    """The items of each group of indices (the random caption choice seeded)."""
+    random.seed(0)
+    return [[dataset[i] for i in group] for group in groups]
+
+
+def micro_batches(dataset, groups=((1, 6), (9, 11))):
+    """One ``PaddedBatch`` per group of indices, and one of their union (the same items)."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    items = examples(dataset, groups)
+    return [PaddedBatch(group) for group in items], PaddedBatch(sum(items, []))
+
+
+def capture_step_gradients(brain) -> list[dict]:
+    """Records every parameter's gradient when each optimizer step starts."""
+    captured = []
+    optimizers_step = brain.optimizers_step
+
+    def capture():
+        captured.append(
+            {
+                name: p.grad.detach().clone()
+                for name, p in brain.modules.named_parameters()
+                if p.grad is not None
+            }
+        )
+        optimizers_step()
+
+    brain.optimizers_step = capture
+    return captured

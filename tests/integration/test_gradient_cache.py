@@ -24,7 +24,6 @@ import datetime
 import json
 import math
 import os
-import random
 import re
 import socket
 import time
@@ -34,7 +33,7 @@ import pytest
 import speechbrain as sb
 import torch
 import torch.distributed as dist
-from brain_fixtures import build_brain, load_recipe
+from brain_fixtures import build_brain, capture_step_gradients, examples, load_recipe, micro_batches
 from speechbrain.dataio.batch import PaddedBatch
 
 from speechbrain_slap.gradient_cache import draw_seed, replayed_rng
@@ -43,39 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLAP_ONLY = {"clap": 1.0, "ssl": 0.0, "cap": 0.0}
 ALL_WEIGHTS = {"clap": 1.0, "ssl": 1.0, "cap": 0.5}
-MICRO_BATCHES = ((1, 6), (9, 11))  # four of the shortest training clips, two per micro-batch
 CACHE = {"grad_accumulation_factor": 2, "contrastive_gradient_cache": True}
-
-
-def examples(dataset, groups=MICRO_BATCHES) -> list[list[dict]]:
-    """The items of each group of indices (the random caption choice seeded)."""
-    random.seed(0)
-    return [[dataset[i] for i in group] for group in groups]
-
-
-def micro_batches(dataset, groups=MICRO_BATCHES):
-    """One ``PaddedBatch`` per group of indices, and one of their union (the same items)."""
-    items = examples(dataset, groups)
-    return [PaddedBatch(group) for group in items], PaddedBatch(sum(items, []))
-
-
-def capture_step_gradients(brain) -> list[dict]:
-    """Records every parameter's gradient when each optimizer step starts."""
-    captured = []
-    optimizers_step = brain.optimizers_step
-
-    def capture():
-        captured.append(
-            {
-                name: p.grad.detach().clone()
-                for name, p in brain.modules.named_parameters()
-                if p.grad is not None
-            }
-        )
-        optimizers_step()
-
-    brain.optimizers_step = capture
-    return captured
 
 
 def assert_gradients_match(got: dict, want: dict, tolerance: float = 1e-5):
@@ -178,8 +145,11 @@ WORLD_SIZE = 2
 DDP_MICRO_BATCHES = (((1, 6), (9,)), ((11, 0, 5), (7, 10)))
 
 
-def _ddp_worker(rank, port, corpus, tokenizer_folder, out_dir):
-    """One rank: a cached step over its two micro-batches; gradients saved to ``rank<r>.pt``."""
+def _ddp_worker(rank, port, corpus, tokenizer_folder, out_dir, compiled):
+    """One rank: a cached step over its two micro-batches; gradients saved to ``rank<r>.pt``.
+
+    ``compiled``: the audio encoder's blocks compiled (``--compile``) before DDP wraps it.
+    """
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -197,8 +167,12 @@ def _ddp_worker(rank, port, corpus, tokenizer_folder, out_dir):
             corpus,
             tokenizer_folder,
             Path(out_dir) / f"out{rank}",
-            # The CLAP-only step leaves the mask token unused.
-            run_opts={"distributed_backend": "gloo", "find_unused_parameters": True},
+            run_opts={
+                "distributed_backend": "gloo",
+                "find_unused_parameters": True,  # the CLAP-only step leaves the mask token unused
+                "compile": compiled,
+                "compile_module_keys": ["audio_encoder"],
+            },
             loss_weights=CLAP_ONLY,
             spec_augment=[],
             **CACHE,
@@ -222,7 +196,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _spawn(args, timeout_s=240.0):
+def _spawn(args, timeout_s=360.0):
     """Runs the workers; kills them (only them) if they do not finish in time."""
     import torch.multiprocessing as mp
 
@@ -236,19 +210,24 @@ def _spawn(args, timeout_s=240.0):
             pytest.fail(f"DDP workers did not finish within {timeout_s} s")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
     reason="torch.distributed with the gloo backend is unavailable",
 )
+# Compiled: per-block torch.compile (inductor on the CPU) inside DDP; fused kernels round
+# differently, hence the looser tolerance.
+@pytest.mark.parametrize(
+    ("compiled", "tolerance"), [(False, 1e-5), (True, 1e-4)], ids=["eager", "compiled"]
+)
 def test_ddp_cached_step_equals_one_process_on_all_clips(
-    make_brain, train_step, tiny_corpus, tokenizer_folder, tmp_path
+    make_brain, train_step, tiny_corpus, tokenizer_folder, tmp_path, compiled, tolerance
 ):
     """2 ranks x 2 micro-batches (8 clips): loss and gradients of one step over all 8."""
     big, _, datasets = make_brain(
         output_folder=tmp_path / "big", loss_weights=CLAP_ONLY, spec_augment=[]
     )  # also trains the tokenizer the workers load
-    _spawn((str(tiny_corpus), str(tokenizer_folder), str(tmp_path)))
+    _spawn((str(tiny_corpus), str(tokenizer_folder), str(tmp_path), compiled))
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
     union = PaddedBatch(
@@ -264,8 +243,8 @@ def test_ddp_cached_step_equals_one_process_on_all_clips(
     assert len(union) == 8
     for result in results:
         assert result["record"]["clap_negatives"] == 8
-        assert result["loss"] == pytest.approx(float(big_loss), rel=1e-5)
-        assert_gradients_match(result["grads"], big_grads[0])
+        assert result["loss"] == pytest.approx(float(big_loss), rel=tolerance)
+        assert_gradients_match(result["grads"], big_grads[0], tolerance)
     for name, grad in results[0]["grads"].items():
         assert torch.equal(grad, results[1]["grads"][name]), name  # the ranks agree exactly
 
