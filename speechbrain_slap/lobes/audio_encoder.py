@@ -25,6 +25,9 @@ from speechbrain_slap.lobes.packing import (
 )
 from speechbrain_slap.lobes.rope import AxialRoPE
 
+# Compiled variants of the block code kept before dynamo falls back to eager.
+RECOMPILE_LIMIT = 64
+
 
 class RMSNorm(nn.RMSNorm):
     """RMSNorm whose weight follows the input dtype.
@@ -222,6 +225,12 @@ class SLAPAudioEncoder(nn.Module):
         self
         """
         kwargs.setdefault("dynamic", True)
+        # All blocks share one code object, compiled once per variant met: local and
+        # global window, with and without grad (student, gradient-cache first pass,
+        # teacher), training and evaluation precision, packed and padded. That is
+        # more than dynamo's default limit (8), past which it silently runs eager.
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         for block in self.blocks:
             block.compile(**kwargs)
         return self

@@ -26,6 +26,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from speechbrain_slap.export import export_model, find_best_checkpoint
 from speechbrain_slap.inference import SLAP
+from speechbrain_slap.lobes.audio_encoder import RECOMPILE_LIMIT
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_COMPILED = {
@@ -60,6 +61,8 @@ def test_compile_is_in_place_and_keeps_state_keys(make_brain, tmp_path):
     assert all(brain.modules[name] is module for name, module in modules.items())
     assert state_keys(brain) == keys
     assert not any("_orig_mod" in key for names in keys.values() for key in names)
+    # The block code's variants (window, grad, student/teacher, precision, padding) fit.
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT
 
 
 def test_compile_module_keys_and_the_yaml_switch(make_brain, tmp_path):
