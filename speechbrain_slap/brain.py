@@ -10,8 +10,19 @@ One training step (paper Fig. 1, ``DESIGN.md`` Sec. 2)::
       + beta  * SSL(head(view2[masked]), head_teacher(teacher[masked]))
       + gamma * CAP(decoder(view1), caption)
 
-A loss weight of 0 skips its branch. Only hooks are overridden; the loop,
-precision, gradient accumulation and checkpointing are SpeechBrain's.
+A loss weight of 0 skips its branch. Hooks are overridden, not the loop:
+precision, gradient accumulation and checkpointing are SpeechBrain's. Two
+run options are done SLAP's way:
+
+* ``--compile`` (``compile: True``): ``_compile`` compiles the encoders'
+  blocks in place with dynamic shapes (state keys unchanged) instead of
+  wrapping whole modules with static shapes.
+* ``contrastive_gradient_cache: True`` with ``grad_accumulation_factor`` K:
+  the CLAP loss of an optimizer step contrasts the clips of all its K
+  micro-batches (over all ranks), through a gradient cache
+  (``speechbrain_slap.gradient_cache``); ``fit_batch_cached`` replaces
+  SpeechBrain's ``fit_batch`` body for that, since no backward can start
+  before the step's last micro-batch is embedded.
 
 ``packing: false`` runs the same model as the baseline that pads and masks:
 the encoders see every clip padded to ``max_duration`` (compute spent on the
@@ -40,13 +51,14 @@ Robustness (the README's "Robustness" section lists what was tried):
   weights, so every checkpoint holds finite weights. This replaces
   SpeechBrain's ``nonfinite_patience``.
 * Exact resume. Intra-epoch checkpoints are written at optimizer-step
-  boundaries only (accumulated gradients are not checkpointed); the train
-  sampler gets ``set_epoch`` every epoch (SpeechBrain calls it only on
-  samplers it made), so a resumed epoch has the batches of the interrupted
-  one; ``train_steps.jsonl`` is cut back to the recovered step. With the
-  recipes' ``RandomState`` recoverable and loaders that own their RNG
-  (``manifest.loader_kwargs``), a run killed and restarted reaches the
-  parameters of an uninterrupted one (CPU, ``num_workers: 0``).
+  boundaries only (accumulated gradients and the gradient cache's held
+  micro-batches are not checkpointed); the train sampler gets ``set_epoch``
+  every epoch (SpeechBrain calls it only on samplers it made), so a resumed
+  epoch has the batches of the interrupted one; ``train_steps.jsonl`` is cut
+  back to the recovered step. With the recipes' ``RandomState`` recoverable
+  and loaders that own their RNG (``manifest.loader_kwargs``), a run killed
+  and restarted reaches the parameters of an uninterrupted one (CPU,
+  ``num_workers: 0``).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -104,7 +116,8 @@ class SLAPBrain(sb.Brain):
     ``cap``), ``ssl_view``, ``mask_ratio``, ``ssl_loss``, ``lr_schedule``,
     ``teacher_temp_warmup_steps``, optional ``spec_augment`` (list of modules),
     ``log_interval``, ``zeroshot_labels`` and ``zeroshot_prompts``; optional
-    ``packing`` (default True; False pads every clip to ``max_duration``) and
+    ``packing`` (default True; False pads every clip to ``max_duration``),
+    ``contrastive_gradient_cache`` (default False) and
     ``max_nonfinite_steps_in_row`` (default 20; see the module docstring).
     """
 
@@ -423,6 +436,7 @@ class SLAPBrain(sb.Brain):
         if self.step % self.grad_accumulation_factor == 0:  # the step ends here
             self.zero_grad(set_to_none=True)
             self._clap_cache = []  # with the gradient cache: its held micro-batches
+            self._busy_seconds = 0.0
             self._end_skipped_step("a batch with no usable item")
         return torch.tensor(float("nan"))  # update_average leaves it out
 
