@@ -223,6 +223,13 @@ class SLAPAudioEncoder(nn.Module):
         Returns
         -------
         self
+
+        Example
+        -------
+        >>> encoder = SLAPAudioEncoder(embed_dim=64, depth=3, num_heads=4, mlp_hidden=128)
+        >>> keys = list(encoder.state_dict())
+        >>> list(encoder.compile_blocks().state_dict()) == keys  # compiles at the first call
+        True
         """
         kwargs.setdefault("dynamic", True)
         # All blocks share one code object, compiled once per variant met: local and

@@ -230,6 +230,14 @@ class CaptionDecoder(nn.Module):
         Returns
         -------
         self
+
+        Example
+        -------
+        >>> decoder = CaptionDecoder(vocab_size=50, audio_dim=32, d_model=64, num_layers=2,
+        ...                          num_heads=4, ffn_dim=128, max_length=16)
+        >>> keys = list(decoder.state_dict())
+        >>> list(decoder.compile_blocks().state_dict()) == keys  # compiles at the first call
+        True
         """
         kwargs.setdefault("dynamic", True)
         for layer in self.layers.layers:

@@ -136,6 +136,13 @@ class HFTextEncoder(nn.Module):
         Returns
         -------
         self
+
+        Example
+        -------
+        >>> encoder = HFTextEncoder(packaged_minilm_path(), output_dim=128, num_heads=6)
+        >>> keys = list(encoder.state_dict())
+        >>> list(encoder.compile_blocks().state_dict()) == keys  # compiles at the first call
+        True
         """
         kwargs.setdefault("dynamic", True)
         self.model.compile(**kwargs)
