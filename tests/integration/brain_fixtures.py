@@ -36,12 +36,14 @@ def load_recipe():
 
 
 def build_brain(
-    recipe, corpus, tokenizer_folder, output_folder, opt_class=None, run_opts=None, **overrides
+    recipe, corpus, tokenizer_folder, output_folder, /, opt_class=None, run_opts=None, **overrides
 ):
     """A ``SLAPBrain`` built as ``train.py`` builds it; ``(brain, hparams, datasets)``.
 
     ``total_steps`` of the LR schedule and the teacher are set;
-    ``on_fit_start`` is not called.
+    ``on_fit_start`` is not called. ``overrides`` win over the defaults, also
+    ``data_folder`` and ``tokenizer_folder`` (the positional arguments are
+    positional-only for that).
     """
     from hyperpyyaml import load_hyperpyyaml
 

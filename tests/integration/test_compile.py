@@ -6,14 +6,18 @@
   is replaced by a wrapper and no state key changes (no ``_orig_mod.``).
 * A compiled training step (inductor on the CPU) has the loss and gradients of
   the eager one.
-* ``recipes/pretrain/train.py --debug --compile`` runs end to end; the
-  checkpoint it writes loads strictly into eager modules, and its export into
+* ``recipes/pretrain/train.py --debug --compile`` runs end to end (with
+  ``--precision=bf16`` and the gradient cache, so that compiled graphs meet
+  autocast and the cache's graph-free first pass); the checkpoint it writes
+  loads strictly into eager modules, and its export into
   ``SLAP.from_hparams``, with the trained weights.
 
 Inductor compiles with gcc on the CPU, for tens of seconds per graph: the
 compiled tests run one tiny step each (and reuse the on-disk compile cache).
 """
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -126,7 +130,7 @@ def test_compiled_step_equals_eager(make_brain, train_step, tmp_path):
 
 @pytest.fixture(scope="module")
 def compiled_run(tmp_path_factory):
-    """``train.py ... --debug --compile`` on the tiny corpus; its output folder."""
+    """``train.py ... --debug --compile`` (bf16, gradient cache) on the tiny corpus; its output."""
     root = tmp_path_factory.mktemp("compiled_recipe")
     output = root / "out"
     command = [
@@ -136,6 +140,10 @@ def compiled_run(tmp_path_factory):
         "--debug",
         "--debug_persistently",
         "--compile",
+        "--precision=bf16",
+        "--grad_accumulation_factor=2",
+        "--contrastive_gradient_cache=True",
+        "--batch_seconds=10",  # two batches per debug epoch: one step of 2 micro-batches
         f"--data_folder={root / 'corpus'}",
         f"--output_folder={output}",
         "--n_train=12",
@@ -154,6 +162,9 @@ def compiled_run(tmp_path_factory):
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-6000:]
     assert "compiled in place (dynamic shapes): audio_encoder, teacher" in process.stdout
+    records = [json.loads(line) for line in (output / "train_steps.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2]  # one cached step per debug epoch
+    assert all(math.isfinite(r["loss"]) and r["clap_negatives"] >= 2 for r in records)
     return output
 
 
