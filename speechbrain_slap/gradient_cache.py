@@ -22,7 +22,12 @@ passes of a micro-batch must compute the same function, so they draw the same
 random numbers (SpecAugment, token mask, dropout): each runs inside
 ``replayed_rng(seed)``, with one seed per micro-batch drawn from the global
 generator (which a checkpoint's ``RandomState`` restores, so resuming stays
-exact).
+exact). One limit: a *compiled* module with dropout on the CLAP path (text
+encoder, audio encoder, pooling) draws its masks inside inductor's graphs,
+and the graph-free first pass and the second pass are different graphs, which
+need not draw alike; the recipes' CLAP path has no active dropout (the audio
+side has none, the frozen MiniLM runs in eval mode, ModernBERT's dropouts are
+0), so the replay is exact there.
 
 ``SLAPBrain`` uses this with ``contrastive_gradient_cache: True``.
 
