@@ -10,8 +10,19 @@ One training step (paper Fig. 1, ``DESIGN.md`` Sec. 2)::
       + beta  * SSL(head(view2[masked]), head_teacher(teacher[masked]))
       + gamma * CAP(decoder(view1), caption)
 
-A loss weight of 0 skips its branch. Only hooks are overridden; the loop,
-precision, gradient accumulation and checkpointing are SpeechBrain's.
+A loss weight of 0 skips its branch. Hooks are overridden, not the loop:
+precision, gradient accumulation and checkpointing are SpeechBrain's. Two
+run options are done SLAP's way:
+
+* ``--compile`` (``compile: True``): ``_compile`` compiles the encoders'
+  blocks in place with dynamic shapes (state keys unchanged) instead of
+  wrapping whole modules with static shapes.
+* ``contrastive_gradient_cache: True`` with ``grad_accumulation_factor`` K:
+  the CLAP loss of an optimizer step contrasts the clips of all its K
+  micro-batches (over all ranks), through a gradient cache
+  (``speechbrain_slap.gradient_cache``); ``fit_batch_cached`` replaces
+  SpeechBrain's ``fit_batch`` body for that, since no backward can start
+  before the step's last micro-batch is embedded.
 
 ``packing: false`` runs the same model as the baseline that pads and masks:
 the encoders see every clip padded to ``max_duration`` (compute spent on the
@@ -40,13 +51,14 @@ Robustness (the README's "Robustness" section lists what was tried):
   weights, so every checkpoint holds finite weights. This replaces
   SpeechBrain's ``nonfinite_patience``.
 * Exact resume. Intra-epoch checkpoints are written at optimizer-step
-  boundaries only (accumulated gradients are not checkpointed); the train
-  sampler gets ``set_epoch`` every epoch (SpeechBrain calls it only on
-  samplers it made), so a resumed epoch has the batches of the interrupted
-  one; ``train_steps.jsonl`` is cut back to the recovered step. With the
-  recipes' ``RandomState`` recoverable and loaders that own their RNG
-  (``manifest.loader_kwargs``), a run killed and restarted reaches the
-  parameters of an uninterrupted one (CPU, ``num_workers: 0``).
+  boundaries only (accumulated gradients and the gradient cache's held
+  micro-batches are not checkpointed); the train sampler gets ``set_epoch``
+  every epoch (SpeechBrain calls it only on samplers it made), so a resumed
+  epoch has the batches of the interrupted one; ``train_steps.jsonl`` is cut
+  back to the recovered step. With the recipes' ``RandomState`` recoverable
+  and loaders that own their RNG (``manifest.loader_kwargs``), a run killed
+  and restarted reaches the parameters of an uninterrupted one (CPU,
+  ``num_workers: 0``).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -62,6 +74,13 @@ import speechbrain as sb
 import torch
 
 from speechbrain_slap.data import split_captions
+from speechbrain_slap.gradient_cache import (
+    CachedMicroBatch,
+    cached_gradient_product,
+    contrastive_gradients,
+    draw_seed,
+    replayed_rng,
+)
 from speechbrain_slap.lobes.caption_decoder import caption_loss
 from speechbrain_slap.lobes.features import pad_to_hop
 from speechbrain_slap.lobes.packing import (
@@ -97,7 +116,8 @@ class SLAPBrain(sb.Brain):
     ``cap``), ``ssl_view``, ``mask_ratio``, ``ssl_loss``, ``lr_schedule``,
     ``teacher_temp_warmup_steps``, optional ``spec_augment`` (list of modules),
     ``log_interval``, ``zeroshot_labels`` and ``zeroshot_prompts``; optional
-    ``packing`` (default True; False pads every clip to ``max_duration``) and
+    ``packing`` (default True; False pads every clip to ``max_duration``),
+    ``contrastive_gradient_cache`` (default False) and
     ``max_nonfinite_steps_in_row`` (default 20; see the module docstring).
     """
 
@@ -105,26 +125,20 @@ class SLAPBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         """Encodes a batch; returns a dict of what the objectives need."""
         batch = batch.to(self.device)
-        wavs, wav_lens = pad_to_hop(*batch.sig)
-        feats = self.modules.compute_features(wavs)
-        if stage == sb.Stage.TRAIN:
-            for augment in self.hparams.spec_augment or []:
-                feats = augment(feats)
-        encoder = _unwrap(self.modules.audio_encoder)
-        packed = encoder.patchify(feats, wav_lens)
+        pad_to = self.encoder_pad_to()
+        if stage != sb.Stage.TRAIN:
+            packed = self._packed_features(batch, stage)
+            tokens = self.modules.audio_encoder(packed, pad_to=pad_to)
+            return {
+                "packed": packed,
+                "n_tokens": int(packed.cu_seqlens[-1]),
+                "audio_emb": self.modules.audio_pooling(tokens, cu_seqlens=packed.cu_seqlens),
+            }
+
+        packed, token_mask = self._training_inputs(batch)
         out = {"packed": packed, "n_tokens": int(packed.cu_seqlens[-1])}
         weights = self.hparams.loss_weights
-        # packing: false pads every clip to max_duration in the encoders (the baseline).
-        pad_to = None if getattr(self.hparams, "packing", True) else self.padded_length()
-
-        if stage != sb.Stage.TRAIN:
-            tokens = self.modules.audio_encoder(packed, pad_to=pad_to)
-            out["audio_emb"] = self.modules.audio_pooling(tokens, cu_seqlens=packed.cu_seqlens)
-            return out
-
-        use_ssl = weights["ssl"] > 0
-        if use_ssl:
-            token_mask = random_token_mask(packed, self.hparams.mask_ratio)
+        use_ssl = token_mask is not None
         if use_ssl and self.hparams.ssl_view == "dual":
             both = concat_packed(packed, packed)
             full_mask = torch.cat([torch.zeros_like(token_mask), token_mask])
@@ -151,6 +165,31 @@ class SLAPBrain(sb.Brain):
             out["masked_clip_id"] = packed.clip_id[token_mask]
         return out
 
+    def _packed_features(self, batch, stage):
+        """Log-mel features (SpecAugment when training), packed into 16 x 16 patches."""
+        wavs, wav_lens = pad_to_hop(*batch.sig)
+        feats = self.modules.compute_features(wavs)
+        if stage == sb.Stage.TRAIN:
+            for augment in self.hparams.spec_augment or []:
+                feats = augment(feats)
+        return _unwrap(self.modules.audio_encoder).patchify(feats, wav_lens)
+
+    def _training_inputs(self, batch):
+        """The packed training batch and its SSL token mask (None without SSL).
+
+        Every random draw of the audio side happens here, in one order
+        (SpecAugment, then the mask), so the two passes of a gradient-cached
+        micro-batch draw the same ones (``speechbrain_slap.gradient_cache``).
+        """
+        packed = self._packed_features(batch, sb.Stage.TRAIN)
+        if self.hparams.loss_weights["ssl"] <= 0:
+            return packed, None
+        return packed, random_token_mask(packed, self.hparams.mask_ratio)
+
+    def encoder_pad_to(self) -> int | None:
+        """None (packed), or with ``packing: false`` the length every clip is padded to."""
+        return None if getattr(self.hparams, "packing", True) else self.padded_length()
+
     def padded_length(self) -> int:
         """Tokens of a ``max_duration`` clip: what ``packing: false`` pads every clip to."""
         max_duration = getattr(self.hparams, "max_duration", None)
@@ -172,10 +211,12 @@ class SLAPBrain(sb.Brain):
         weights = self.hparams.loss_weights
         total = torch.zeros((), device=self.device)
         stats = {}
+        self.clap_negatives = 0
         if "text_emb" in predictions:
             stats["clap"] = self.modules.clap_loss(
                 predictions["audio_emb"], predictions["text_emb"]
             )
+            self.clap_negatives = _unwrap(self.modules.clap_loss).last_global_batch
             total = total + weights["clap"] * stats["clap"]
         if "caption_logits" in predictions:
             tokens_out, _ = batch.tokens_out
@@ -205,13 +246,180 @@ class SLAPBrain(sb.Brain):
             self.hparams.teacher_temp_end,
         )
 
+    # -- compilation -------------------------------------------------------------
+    # What --compile compiles unless compile_module_keys names others: the parts that
+    # run over every token of the step. The audio encoders' blocks were measured
+    # (benchmarks/README.md: packed encoder 30% -> 50% MFU on an H200); the text
+    # encoder and the caption decoder are compiled on the same grounds (many small
+    # kernels over every caption) but their gain on a GPU is not measured yet
+    # (benchmarks/gpu_check.sh measures the whole step compiled vs eager).
+    # Left eager: MAP pooling, prototype heads and losses (few matmuls, data-dependent
+    # shapes, collectives inside), the features (STFT).
+    COMPILED_MODULES = ("audio_encoder", "teacher", "text_encoder", "caption_decoder")
+
+    def _compile(self):
+        """SpeechBrain's compile step (``--compile``, ``compile: True``), done SLAP's way.
+
+        SpeechBrain wraps whole modules in ``torch.compile``, with static
+        shapes by default. A packed batch changes its token count every step
+        (and captions their length), so static shapes would recompile at every
+        step (``DESIGN.md`` Sec. 6), and the wrapper would add ``_orig_mod.``
+        to the keys of every module's state. Here modules are compiled in
+        place (``nn.Module.compile``: checkpoints keep their keys and load into
+        eager models), with ``dynamic=True``, by their ``compile_blocks`` where
+        they have one (the audio encoder's and the caption decoder's blocks,
+        the text encoder's Hugging Face model, the teacher's audio encoder),
+        else as a whole.
+
+        Modules: ``compile_module_keys`` if given, else ``COMPILED_MODULES``
+        (those of them that ``modules`` has). ``compile_mode`` and
+        ``compile_using_fullgraph`` are passed on;
+        ``compile_using_dynamic_shape_tracing`` is not used (always dynamic).
+        This runs before DDP wraps the modules. ``--jit`` stays SpeechBrain's.
+        """
+        if self.compile:
+            if self.compile_module_keys is None:
+                keys = [key for key in self.COMPILED_MODULES if key in self.modules]
+            else:
+                keys = list(self.compile_module_keys)
+            missing = [key for key in keys if key not in self.modules]
+            if missing:
+                raise ValueError(
+                    f"compile_module_keys names {missing}, which are not in modules "
+                    f"({sorted(self.modules)})"
+                )
+            options = {"mode": self.compile_mode, "fullgraph": self.compile_using_fullgraph}
+            for key in keys:
+                module = self.modules[key]
+                if hasattr(module, "compile_blocks"):
+                    module.compile_blocks(**options)
+                else:
+                    module.compile(dynamic=True, **options)
+            logger.info("compiled in place (dynamic shapes): %s", ", ".join(keys) or "nothing")
+        if self.jit:
+            compile_flag, self.compile = self.compile, False
+            try:
+                super()._compile()
+            finally:
+                self.compile = compile_flag
+
     # -- optimisation ----------------------------------------------------------
     def fit_batch(self, batch):
-        """SpeechBrain's ``fit_batch``; a batch with no usable item skips its step."""
+        """SpeechBrain's ``fit_batch``; a batch with no usable item skips its step.
+
+        With ``contrastive_gradient_cache: True``, ``fit_batch_cached`` instead.
+        """
         self._note_bad_items(batch)
         if len(batch) == 0:
             return self._skip_empty_batch(batch)
+        if self.gradient_cache:
+            return self.fit_batch_cached(batch)
         return super().fit_batch(batch)
+
+    @property
+    def gradient_cache(self) -> bool:
+        """Whether ``contrastive_gradient_cache`` is on (read at every batch)."""
+        return bool(getattr(self.hparams, "contrastive_gradient_cache", False))
+
+    def fit_batch_cached(self, batch):
+        """``fit_batch`` with the contrastive gradient cache (``speechbrain_slap.gradient_cache``).
+
+        Why ``fit_batch`` itself: SpeechBrain's runs forward and backward of
+        each micro-batch as it arrives, but here no backward can start before
+        the step's last micro-batch is embedded. Each call embeds its
+        micro-batch without a graph and holds it; the call that ends the
+        optimizer step (``should_step``, as SpeechBrain decides it) runs
+        ``_cached_step`` and ``optimizers_step``. The hooks run at every call,
+        as in ``Brain.fit_batch``; the loss (and the step log record) comes
+        with the call that ends the step, the others return NaN, which
+        ``update_average`` leaves out.
+        """
+        should_step = (self.step % self.grad_accumulation_factor) == 0
+        self.on_fit_batch_start(batch, should_step)
+        self._clap_cache.append(self._embed_for_clap(batch))
+        loss = torch.tensor(float("nan"))
+        if should_step:
+            loss = self._cached_step()
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, None, loss, should_step)
+        return loss.detach().cpu()
+
+    def _embed_for_clap(self, batch) -> CachedMicroBatch:
+        """First pass: the micro-batch's CLAP embeddings, without a graph.
+
+        It draws what ``compute_forward`` draws, in its order, from the seed
+        both passes use; the student sees view 1 only (unmasked, or masked for
+        ``ssl_view: shared``). The modules are called unwrapped: a DDP forward
+        would broadcast buffers and prepare a backward that never comes.
+        """
+        seed = draw_seed()
+        batch = batch.to(self.device)
+        with replayed_rng(seed, self.device), torch.no_grad(), self.training_ctx:
+            packed, token_mask = self._training_inputs(batch)
+            view1_mask = token_mask if self.hparams.ssl_view == "shared" else None
+            tokens = _unwrap(self.modules.audio_encoder)(
+                packed, token_mask=view1_mask, pad_to=self.encoder_pad_to()
+            )
+            audio_emb = _unwrap(self.modules.audio_pooling)(tokens, cu_seqlens=packed.cu_seqlens)
+            text_emb = _unwrap(self.modules.text_encoder)(list(batch.caption))
+        return CachedMicroBatch(batch, seed, audio_emb, text_emb)
+
+    def _cached_step(self) -> torch.Tensor:
+        """CLAP over the held micro-batches, then the second pass of each; the step's loss.
+
+        The CLAP loss over every held clip (gathered over the ranks) gives the
+        gradient of each micro-batch's embeddings; each micro-batch then runs
+        ``compute_forward`` again (same seed, so the same SpecAugment, token
+        mask and dropout) and back-propagates those gradients with its own SSL
+        and captioning losses (divided by the accumulation factor, as
+        SpeechBrain divides). DDP synchronises gradients on the last
+        micro-batch only (``no_sync``). A non-finite CLAP loss or micro-batch
+        loss marks the step for skipping (``optimizers_step``).
+        """
+        cache, self._clap_cache = self._clap_cache, []
+        weights = self.hparams.loss_weights
+        clap_loss = _unwrap(self.modules.clap_loss)
+        clap, gradients = contrastive_gradients(
+            clap_loss,
+            [micro.audio_emb for micro in cache],
+            [micro.text_emb for micro in cache],
+            weight=weights["clap"],
+            scale=self.scaler.scale,
+        )
+        self.check_loss_isfinite(clap)
+        if sb.utils.distributed.is_distributed_initialized():
+            # Every rank computed the same global loss; averaging keeps the logit
+            # scales bit-identical whatever the ranks' rounding (the DDP wrapper
+            # of clap_loss, which would average it, is not called here).
+            grad = clap_loss.logit_scale.grad
+            torch.distributed.all_reduce(grad)
+            grad /= torch.distributed.get_world_size()
+        stats, tokens = [], 0
+        others = torch.zeros((), device=self.device)
+        for index, (micro, (audio_grad, text_grad)) in enumerate(
+            zip(cache, gradients, strict=True)
+        ):
+            with self.no_sync(index < len(cache) - 1), replayed_rng(micro.seed, self.device):
+                with self.training_ctx:
+                    predictions = self.compute_forward(micro.batch, sb.Stage.TRAIN)
+                    audio_emb = predictions.pop("audio_emb")
+                    text_emb = predictions.pop("text_emb")
+                    loss = self.compute_objectives(predictions, micro.batch, sb.Stage.TRAIN)
+                self.check_loss_isfinite(loss)
+                (
+                    self.scaler.scale(loss / self.grad_accumulation_factor)
+                    + cached_gradient_product(audio_emb, audio_grad)
+                    + cached_gradient_product(text_emb, text_grad)
+                ).backward()
+            stats.append(self.loss_stats)
+            tokens += self.batch_tokens
+            others = others + loss.detach() / len(cache)
+        self.loss_stats = {"clap": float(clap)}
+        for key in stats[0]:
+            self.loss_stats[key] = sum(s[key] for s in stats) / len(stats)
+        self.batch_tokens = tokens
+        self.clap_negatives = clap_loss.last_global_batch
+        return weights["clap"] * clap + others
 
     def _skip_empty_batch(self, batch):
         if sb.utils.distributed.is_distributed_initialized():
@@ -227,6 +435,8 @@ class SLAPBrain(sb.Brain):
         self._empty_in_step = True
         if self.step % self.grad_accumulation_factor == 0:  # the step ends here
             self.zero_grad(set_to_none=True)
+            self._clap_cache = []  # with the gradient cache: its held micro-batches
+            self._busy_seconds = 0.0
             self._end_skipped_step("a batch with no usable item")
         return torch.tensor(float("nan"))  # update_average leaves it out
 
@@ -318,18 +528,30 @@ class SLAPBrain(sb.Brain):
         self._step_skipped = False
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """EMA update after each optimizer step that was taken; step logging."""
+        """EMA update after each optimizer step that was taken; step logging.
+
+        A record covers one ``fit_batch`` call, or with the gradient cache
+        one optimizer step (its calls' time summed). ``clap_negatives``: the
+        clips the CLAP loss contrasted (over all ranks and, with the cache,
+        all micro-batches of the step). Written to ``train_steps.jsonl``
+        every ``log_interval`` batches (every batch under ``--debug``).
+        """
         if should_step and not self._step_skipped:
             self.current_momentum = self.modules.teacher.update(
                 {k: self.modules[k] for k in ("audio_encoder", "ssl_head")}
             )
+        self._busy_seconds += time.perf_counter() - self._step_start
+        batches = self.grad_accumulation_factor if self.gradient_cache else 1
+        if self.gradient_cache and not should_step:
+            return  # the step's record comes with its last micro-batch
+        elapsed, self._busy_seconds = max(self._busy_seconds, 1e-9), 0.0
         if not torch.isfinite(loss):
             return  # counted and logged as a skipped step; kept out of the averages
-        elapsed = max(time.perf_counter() - self._step_start, 1e-9)
         record = {
             "step": self.optimizer_step,
             "loss": float(loss.detach()),
             **{f"loss_{k}": v for k, v in self.loss_stats.items()},
+            "clap_negatives": self.clap_negatives,
             "logit_scale": float(_unwrap(self.modules.clap_loss).scale.detach()),
             "ema_momentum": getattr(self, "current_momentum", None),
             "lr": getattr(self, "current_lr", None),
@@ -337,7 +559,10 @@ class SLAPBrain(sb.Brain):
             "teacher_temp": self.teacher_temp,
         }
         self.step_log.append(record)
-        if sb.utils.distributed.if_main_process() and (self.step % self.hparams.log_interval == 0):
+        # Logged when a multiple of the interval falls among the batches of the record.
+        interval = 1 if self.debug else self.hparams.log_interval
+        logged = self.step // interval > (self.step - batches) // interval
+        if sb.utils.distributed.if_main_process() and logged:
             with open(self._steps_file, "a") as fout:
                 fout.write(json.dumps(record) + "\n")
 
@@ -371,7 +596,14 @@ class SLAPBrain(sb.Brain):
         """
         self.step_log = []
         self.loss_stats = {}
-        self.batch_tokens = 0
+        self.batch_tokens = self.clap_negatives = 0
+        self._busy_seconds = 0.0
+        self._clap_cache = []
+        if self.gradient_cache and self.hparams.loss_weights["clap"] <= 0:
+            raise ValueError(
+                "contrastive_gradient_cache: True caches the CLAP loss's gradients, but "
+                "loss_weights.clap is 0: set the weight or turn the cache off"
+            )
         self.skipped_items = []
         self.empty_batches = self.nonfinite_steps = self.nonfinite_in_row = 0
         self._nonfinite_loss = self._empty_in_step = self._step_skipped = False
@@ -458,6 +690,11 @@ class SLAPBrain(sb.Brain):
             self.empty_batches = self.nonfinite_steps = 0
             self.step_log = []
             self._nonfinite_loss = self._empty_in_step = False
+            # Micro-batches held by a step the last epoch left unfinished (its
+            # batch count was not a multiple of the accumulation factor) are
+            # dropped, as SpeechBrain drops their accumulated gradients.
+            self._clap_cache = []
+            self._busy_seconds = 0.0
         else:
             self.eval_audio, self.eval_captions, self.eval_labels = [], [], []
 

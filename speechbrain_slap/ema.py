@@ -77,6 +77,34 @@ class EMATeacher(nn.Module):
         self.modules_ema.eval()
         return self
 
+    def compile_blocks(self, **kwargs):
+        """Compiles the blocks of the tracked modules that have ``compile_blocks``, in place.
+
+        Arguments
+        ---------
+        **kwargs
+            Passed on to each module's ``compile_blocks`` (``torch.compile`` options).
+
+        Returns
+        -------
+        self
+
+        Example
+        -------
+        >>> from speechbrain_slap.lobes.audio_encoder import SLAPAudioEncoder
+        >>> encoder = SLAPAudioEncoder(embed_dim=32, depth=3, num_heads=2, mlp_hidden=64)
+        >>> teacher = EMATeacher(nn.ModuleDict({"audio_encoder": encoder}), total_steps=10)
+        >>> _ = teacher.compile_blocks()  # the teacher's copy, not the student
+        >>> teacher["audio_encoder"].blocks[0]._compiled_call_impl is not None
+        True
+        >>> encoder.blocks[0]._compiled_call_impl is None
+        True
+        """
+        for module in self.modules_ema.values():
+            if hasattr(module, "compile_blocks"):
+                module.compile_blocks(**kwargs)
+        return self
+
     @property
     def momentum(self) -> float:
         """Momentum the next update will use."""

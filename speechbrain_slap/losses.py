@@ -72,12 +72,17 @@ class ClapLoss(nn.Module):
     >>> audio, text = torch.randn(4, 8), torch.randn(4, 8)
     >>> loss_fn(audio, text).shape
     torch.Size([])
+    >>> loss_fn.last_global_batch  # pairs contrasted, over all ranks
+    4
     """
 
     def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.max_logit_scale = max_logit_scale
+        # Pairs of the global batch (all ranks) the last forward contrasted: the step log's
+        # ``clap_negatives``.
+        self.last_global_batch = 0
 
     @property
     def scale(self) -> torch.Tensor:
@@ -99,6 +104,7 @@ class ClapLoss(nn.Module):
                 f"and {tuple(text_emb.shape)}"
             )
         logits = self.logits(gather_with_grad(audio_emb), gather_with_grad(text_emb))
+        self.last_global_batch = logits.shape[0]
         labels = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (
             nn.functional.cross_entropy(logits, labels)

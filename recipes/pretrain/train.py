@@ -18,6 +18,9 @@ On real manifests (CSV with ID, duration, wav, captions; see README.md):
 Training can stream WebDataset shards (``slap shards``) instead of reading the
 train manifest's files (``--train_shards=/data/shards``; valid and test stay
 manifests), and runs on several GPUs or nodes under ``torchrun`` (README.md).
+``--compile`` compiles the encoders' blocks in place (``SLAPBrain._compile``);
+``--contrastive_gradient_cache=True`` makes the CLAP loss of an optimizer step
+contrast all its ``--grad_accumulation_factor`` micro-batches (README.md).
 
 Bad data does not stop a run: manifest rows and audio files that cannot be
 used are skipped, named in the log and counted per epoch

@@ -25,6 +25,9 @@ from speechbrain_slap.lobes.packing import (
 )
 from speechbrain_slap.lobes.rope import AxialRoPE
 
+# Compiled variants of the block code kept before dynamo falls back to eager.
+RECOMPILE_LIMIT = 64
+
 
 class RMSNorm(nn.RMSNorm):
     """RMSNorm whose weight follows the input dtype.
@@ -209,9 +212,32 @@ class SLAPAudioEncoder(nn.Module):
         """Compiles each block with ``torch.compile`` (dynamic shapes by default).
 
         Packed batches change their token count every step, so static shapes
-        would recompile; ``dynamic=True`` avoids that.
+        would recompile; ``dynamic=True`` avoids that. In place
+        (``nn.Module.compile``): the state keys stay as they are.
+
+        Arguments
+        ---------
+        **kwargs
+            ``torch.compile`` options (``mode``, ``fullgraph``, ``dynamic``).
+
+        Returns
+        -------
+        self
+
+        Example
+        -------
+        >>> encoder = SLAPAudioEncoder(embed_dim=64, depth=3, num_heads=4, mlp_hidden=128)
+        >>> keys = list(encoder.state_dict())
+        >>> list(encoder.compile_blocks().state_dict()) == keys  # compiles at the first call
+        True
         """
         kwargs.setdefault("dynamic", True)
+        # All blocks share one code object, compiled once per variant met: local and
+        # global window, with and without grad (student, gradient-cache first pass,
+        # teacher), training and evaluation precision, packed and padded. That is
+        # more than dynamo's default limit (8), past which it silently runs eager.
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         for block in self.blocks:
             block.compile(**kwargs)
         return self

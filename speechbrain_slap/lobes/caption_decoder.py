@@ -215,6 +215,35 @@ class CaptionDecoder(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def compile_blocks(self, **kwargs) -> "CaptionDecoder":
+        """Compiles each decoder layer in place with ``torch.compile`` (dynamic shapes).
+
+        Caption lengths, clip counts and audio token counts change every step,
+        so ``dynamic=True`` by default. In place (``nn.Module.compile``): the
+        state keys stay as they are. Embeddings, final norm and head stay eager.
+
+        Arguments
+        ---------
+        **kwargs
+            ``torch.compile`` options (``mode``, ``fullgraph``, ``dynamic``).
+
+        Returns
+        -------
+        self
+
+        Example
+        -------
+        >>> decoder = CaptionDecoder(vocab_size=50, audio_dim=32, d_model=64, num_layers=2,
+        ...                          num_heads=4, ffn_dim=128, max_length=16)
+        >>> keys = list(decoder.state_dict())
+        >>> list(decoder.compile_blocks().state_dict()) == keys  # compiles at the first call
+        True
+        """
+        kwargs.setdefault("dynamic", True)
+        for layer in self.layers.layers:
+            layer.compile(**kwargs)
+        return self
+
     def project_audio(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
         """Checks the audio batch and projects it to the decoder width.
 

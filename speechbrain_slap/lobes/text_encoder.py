@@ -134,6 +134,34 @@ class HFTextEncoder(nn.Module):
             self.model.eval()
         return self
 
+    def compile_blocks(self, **kwargs) -> "HFTextEncoder":
+        """Compiles the Hugging Face model in place with ``torch.compile`` (dynamic shapes).
+
+        Batches change their sentence count and length every step, so
+        ``dynamic=True`` by default (static shapes would recompile). In place
+        (``nn.Module.compile``): the state keys stay as they are. The MAP head
+        and projection stay eager.
+
+        Arguments
+        ---------
+        **kwargs
+            ``torch.compile`` options (``mode``, ``fullgraph``, ``dynamic``).
+
+        Returns
+        -------
+        self
+
+        Example
+        -------
+        >>> encoder = HFTextEncoder(packaged_minilm_path(), output_dim=128, num_heads=6)
+        >>> keys = list(encoder.state_dict())
+        >>> list(encoder.compile_blocks().state_dict()) == keys  # compiles at the first call
+        True
+        """
+        kwargs.setdefault("dynamic", True)
+        self.model.compile(**kwargs)
+        return self
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenises a batch of sentences on the module's device.
 

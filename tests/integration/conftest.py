@@ -10,25 +10,11 @@ keeps busy, two OpenMP threads are slowed down by two orders of magnitude (each
 parallel region waits for a descheduled thread), one thread is not.
 """
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "recipes" / "pretrain" / "train.py"
-TINY_YAML = REPO / "recipes" / "pretrain" / "hparams" / "pretrain_tiny_synth.yaml"
-
-# The tiny corpus, as generate_corpus and the recipe's overrides spell it.
-CORPUS = {"n_train": 12, "n_valid": 4, "n_test": 4, "max_duration": 4.0}
-# SentencePiece accepts at most 104 pieces on this corpus's captions.
-VOCAB_SIZE = 80
-SMALL_MODEL = {"embed_dim": 64, "depth": 3, "mlp_hidden": 128, "n_prototypes": 32}
-RUN_OPTS = {"device": "cpu", "noprogressbar": True}
-TOTAL_STEPS = 100
+from brain_fixtures import CORPUS, build_brain, load_recipe
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +30,7 @@ def tiny_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def recipe():
     """``recipes/pretrain/train.py`` imported as a module (it is not a package)."""
-    spec = importlib.util.spec_from_file_location("slap_pretrain_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe()
 
 
 @pytest.fixture(scope="session")
@@ -78,40 +60,17 @@ def make_brain(tiny_corpus, recipe, tokenizer_folder, tmp_path):
     set), the loaded hparams and the recipe's train/valid/test datasets.
     ``on_fit_start`` is not called.
     """
-    from hyperpyyaml import load_hyperpyyaml
 
     def make(output_folder=None, opt_class=None, run_opts=None, **overrides):
-        output = Path(output_folder or tmp_path / "out")
-        output.mkdir(parents=True, exist_ok=True)
-        config = {
-            "data_folder": str(tiny_corpus),
-            "output_folder": str(output),
-            "tokenizer_folder": str(tokenizer_folder),
-            "n_train": CORPUS["n_train"],
-            "n_valid": CORPUS["n_valid"],
-            "n_test": CORPUS["n_test"],
-            "corpus_max_duration": CORPUS["max_duration"],
-            "vocab_size": VOCAB_SIZE,
-            "number_of_epochs": 1,
-            "batch_seconds": 20,
-            "max_caption_tokens": 32,
-            **SMALL_MODEL,
+        return build_brain(
+            recipe,
+            tiny_corpus,
+            tokenizer_folder,
+            output_folder or tmp_path / "out",
+            opt_class=opt_class,
+            run_opts=run_opts,
             **overrides,
-        }
-        with open(TINY_YAML) as fin:
-            hparams = load_hyperpyyaml(fin, config)
-        tokenizer = recipe.prepare_tokenizer(hparams)
-        datasets = recipe.dataio_prepare(hparams, tokenizer)
-        hparams["lr_schedule"].total_steps = TOTAL_STEPS
-        hparams["teacher"].total_steps = TOTAL_STEPS
-        brain = recipe.SLAPBrain(
-            modules=hparams["modules"],
-            opt_class=opt_class or hparams["opt_class"],
-            hparams=hparams,
-            run_opts={**RUN_OPTS, **(run_opts or {})},
-            checkpointer=hparams["checkpointer"],
         )
-        return brain, hparams, datasets
 
     return make
 

@@ -409,9 +409,8 @@ def test_sums_must_cover_the_yaml_and_every_file(slap_model_folder, tmp_path):
         SLAP.from_hparams(source=str(folder))
     write_checksums(folder, [*weights, "hyperparams.yaml"])
     (folder / "extra_config.json").write_text("{}")
-    with pytest.raises(
-        ModelFolderError, match=r"not listed in SHA256SUMS: \['extra_config.json'\]"
-    ):
+    unlisted = r"not listed in SHA256SUMS: \['extra_config.json'\]"
+    with pytest.raises(ModelFolderError, match=unlisted):
         SLAP.from_hparams(source=str(folder))
     (folder / "extra_config.json").unlink()
     (folder / ".gitattributes").write_text("*.ckpt filter=lfs\n")  # a hub repository's

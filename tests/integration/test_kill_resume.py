@@ -12,6 +12,12 @@ write that the kill lands inside the write, and the test checks it did; a
 kill during the removal of an old checkpoint leaves a ``.stale-CKPT+...``,
 which counts too).
 
+The same is done with the contrastive gradient cache
+(``--grad_accumulation_factor=2 --contrastive_gradient_cache=True``, 4 epochs
+of 2 optimizer steps: the 5th batch of an epoch is dropped unfinished): a
+kill can land while the cache holds a micro-batch, and the resumed run redraws
+it from the last step boundary.
+
 Checked:
 
 * every restart loads a checkpoint that was complete when the previous run was
@@ -41,7 +47,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 7
-STEPS = 10  # 2 epochs x 5 batches of at most 7 s of the 12 clips (25.3 s in all)
+# Each variant: extra arguments, epochs, optimizer steps of the run.
+VARIANTS = {
+    "plain": ((), 2, 10),  # 2 epochs x 5 batches of at most 7 s of the 12 clips (25.3 s)
+    "gradient_cache": (
+        ("--grad_accumulation_factor=2", "--contrastive_gradient_cache=True"),
+        4,
+        8,  # 4 epochs x 2 steps of 2 micro-batches
+    ),
+}
 MODULES = (
     "audio_encoder",
     "teacher",
@@ -53,10 +67,11 @@ MODULES = (
     "ssl_loss",
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 
-def _command(data: Path, output: Path) -> list[str]:
+def _command(data: Path, output: Path, variant: str) -> list[str]:
+    extra, epochs, _ = VARIANTS[variant]
     return [
         sys.executable,
         "recipes/pretrain/train.py",
@@ -77,19 +92,20 @@ def _command(data: Path, output: Path) -> list[str]:
         "--n_prototypes=32",
         "--max_caption_tokens=32",
         "--batch_seconds=7",
-        "--number_of_epochs=2",
+        f"--number_of_epochs={epochs}",
         "--log_interval=1",
         "--ckpt_interval_steps=1",
         "--num_workers=0",
+        *extra,
     ]
 
 
-def _start(data: Path, output: Path, log: Path) -> subprocess.Popen:
+def _start(data: Path, output: Path, log: Path, variant: str) -> subprocess.Popen:
     # One OpenMP thread: on a busy 2-core machine two threads are ~100x slower.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with open(log, "w") as fout:
         return subprocess.Popen(
-            _command(data, output),
+            _command(data, output, variant),
             cwd=REPO,
             env=env,
             stdout=fout,
@@ -144,10 +160,10 @@ def _wait(process: subprocess.Popen, condition, timeout: float = 120.0) -> bool:
     return False
 
 
-def _run_until_killed(data, output, log, plan, rng) -> dict:
+def _run_until_killed(data, output, log, plan, rng, variant) -> dict:
     """One launch of the command, killed as ``plan`` says; what happened."""
     save = output / "save"
-    process = _start(data, output, log)
+    process = _start(data, output, log, variant)
     # Training has started (and train_steps.jsonl was cut back) once the epoch loop runs.
     if not _wait(process, lambda: "Going into epoch" in log.read_text()):
         return {"finished": process.returncode}
@@ -175,13 +191,14 @@ def _loaded_checkpoints(log: Path) -> list[str]:
     return [Path(p).name for p in re.findall(r"Loading a checkpoint from (\S+)", log.read_text())]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def runs(request, tmp_path_factory):
     """The uninterrupted run and the killed-and-restarted one: their output folders."""
-    root = tmp_path_factory.mktemp("kill_resume")
+    variant = request.param
+    root = tmp_path_factory.mktemp(f"kill_resume_{variant}")
     data = root / "corpus"
     reference = root / "reference"
-    process = _start(data, reference, root / "reference.log")
+    process = _start(data, reference, root / "reference.log", variant)
     assert process.wait(timeout=240) == 0, (root / "reference.log").read_text()[-6000:]
 
     interrupted = root / "interrupted"
@@ -192,29 +209,29 @@ def runs(tmp_path_factory):
         log = root / f"interrupted_{attempt}.log"
         plan = plans[attempt] if attempt < len(plans) else "to_the_end"
         if plan == "to_the_end":
-            process = _start(data, interrupted, log)
+            process = _start(data, interrupted, log, variant)
             outcome = {"finished": process.wait(timeout=240)}
         else:
-            outcome = _run_until_killed(data, interrupted, log, plan, rng)
+            outcome = _run_until_killed(data, interrupted, log, plan, rng, variant)
         launches.append({"plan": plan, "log": log, **outcome})
         if "finished" in outcome:
             assert outcome["finished"] == 0, log.read_text()[-6000:]
             break
-    return reference, interrupted, launches
+    return reference, interrupted, launches, VARIANTS[variant][2]
 
 
 def test_the_run_was_killed_during_training_and_during_a_checkpoint_write(runs):
-    _, _, launches = runs
+    _, _, launches, steps = runs
     killed = [launch for launch in launches if "finished" not in launch]
     assert len(killed) >= 3, [launch["plan"] for launch in launches]
     # At least one kill left a checkpoint half written (its folder still hidden).
     assert any(launch["partial"] for launch in killed), killed
-    assert max(launch["step"] for launch in killed) < STEPS
+    assert max(launch["step"] for launch in killed) < steps
     assert "finished" in launches[-1]
 
 
 def test_restarts_load_only_complete_checkpoints_and_remove_partial_ones(runs):
-    _, interrupted, launches = runs
+    _, interrupted, launches, _ = runs
     for before, after in itertools.pairwise(launches):
         loaded = _loaded_checkpoints(after["log"])
         if before["complete"]:
@@ -229,7 +246,7 @@ def test_restarts_load_only_complete_checkpoints_and_remove_partial_ones(runs):
 
 
 def test_final_parameters_equal_an_uninterrupted_run(runs):
-    reference, interrupted, _ = runs
+    reference, interrupted, _, steps = runs
     expected = _newest_checkpoint(reference / "save")
     resumed = _newest_checkpoint(interrupted / "save")
     for name in MODULES:
@@ -239,12 +256,12 @@ def test_final_parameters_equal_an_uninterrupted_run(runs):
         for key in want:
             assert torch.equal(want[key], got[key]), f"{name}.{key} differs"
     brain = yaml.safe_load((resumed / "brain.ckpt").read_text())
-    assert brain["optimizer_step"] == STEPS
+    assert brain["optimizer_step"] == steps
 
 
 def test_every_step_has_the_loss_of_the_uninterrupted_run(runs):
     """train_steps.jsonl was cut back at each restart: each step once, same losses."""
-    reference, interrupted, _ = runs
+    reference, interrupted, _, steps = runs
 
     def losses(output):
         records = [json.loads(line) for line in (output / "train_steps.jsonl").open()]
@@ -253,5 +270,5 @@ def test_every_step_has_the_loss_of_the_uninterrupted_run(runs):
         ]
 
     expected = losses(reference)
-    assert [r[0] for r in expected] == list(range(1, STEPS + 1))
+    assert [r[0] for r in expected] == list(range(1, steps + 1))
     assert losses(interrupted) == expected
