@@ -144,39 +144,6 @@ def manifest_wav(path: str | Path, data_folder: str | Path) -> str:
     return path.as_posix()
 
 
-def probe_audio(path: str | Path) -> tuple[float | None, str | None]:
-    """Duration of an audio file from its header, or why it cannot be used.
-
-    Arguments
-    ---------
-    path : str or Path
-        The audio file.
-
-    Returns
-    -------
-    (float, None) or (None, str)
-        ``(seconds, None)``, or ``(None, reason)`` for a missing, unreadable
-        or empty file.
-
-    Example
-    -------
-    >>> probe_audio("/no/such/clip.wav")
-    (None, 'audio file missing')
-    """
-    import soundfile
-
-    path = Path(path)
-    if not path.is_file():
-        return None, "audio file missing"
-    try:
-        info = soundfile.info(str(path))
-    except RuntimeError as error:  # soundfile.LibsndfileError
-        return None, f"unreadable audio ({error})"
-    if info.frames <= 0 or info.samplerate <= 0:
-        return None, "empty audio"
-    return info.frames / info.samplerate, None
-
-
 def write_manifest(
     manifest_csv: str | Path,
     clips: Sequence[CaptionedClip],

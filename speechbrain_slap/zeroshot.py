@@ -30,7 +30,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
-import soundfile
 import torch
 from tqdm import tqdm
 
@@ -46,36 +45,6 @@ MANIFEST_FIELDS = ("ID", "duration", "wav", "label", "fold")
 SINGLE_FOLD = "all"
 # Count annotations in the confusion-matrix cells stay readable up to this many classes.
 MAX_ANNOTATED_CLASSES = 16
-
-
-def audio_duration(path: str | Path) -> float | None:
-    """Duration in seconds from the file header; None when soundfile cannot open it.
-
-    Arguments
-    ---------
-    path : str or Path
-        Audio file.
-
-    Returns
-    -------
-    float or None
-
-    Example
-    -------
-    >>> import tempfile, numpy
-    >>> path = Path(tempfile.mkdtemp()) / "half_second.wav"
-    >>> soundfile.write(path, numpy.zeros(11025), 22050)
-    >>> audio_duration(path)
-    0.5
-    >>> _ = path.write_bytes(b"not audio")
-    >>> audio_duration(path) is None
-    True
-    """
-    try:
-        info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, ValueError, EOFError):
-        return None
-    return info.frames / info.samplerate
 
 
 def write_manifest(

@@ -33,10 +33,10 @@ import string
 from collections.abc import Sequence
 from pathlib import Path
 
+from speechbrain_slap.data.audio import probe_audio
 from speechbrain_slap.retrieval import (
     CaptionedClip,
     manifests_up_to_date,
-    probe_audio,
     read_prepare_report,
     save_prepare_report,
     write_manifest,

@@ -27,7 +27,7 @@ import json
 import logging
 from pathlib import Path
 
-import soundfile
+from speechbrain_slap.data.audio import probe_duration
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _manifest_row(record: dict, data_folder: Path, where: str) -> dict:
         raise FileNotFoundError(f"{where}: audio file {path} not found")
     return {
         "ID": Path(filename).stem,
-        "duration": f"{soundfile.info(str(path)).duration:.3f}",
+        "duration": f"{probe_duration(path):.3f}",
         "wav": f"$data_root/audio/{filename}",
         "fold": fold,
         "target": target,

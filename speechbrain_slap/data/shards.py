@@ -19,9 +19,11 @@ extensions):
   ``duration`` is that of the audio actually stored. The JSON comes first, so
   a reader can batch by duration before decoding any audio.
 * ``{key}.flac``: 16-bit FLAC, mono, **resampled to 16 kHz** (the model's
-  input rate; ``sample_rate`` changes it). Decoding and resampling the source
-  once here saves doing it every epoch, and a 16-bit 16 kHz source (as the
-  embedded corpus) is stored bit-exactly.
+  input rate; ``sample_rate`` changes it), read with
+  ``speechbrain_slap.data.audio.load_audio`` as training and inference read
+  files. Decoding and resampling the source once here saves doing it every
+  epoch, and a 16-bit 16 kHz source (as the embedded corpus) is stored
+  bit-exactly.
 
 Rows are shuffled with a seeded permutation before they are cut into shards
 (``shuffle_seed``; ``None`` keeps the manifest order), so every shard mixes the
@@ -303,26 +305,6 @@ def sample_key(row_index: int) -> str:
     return f"{row_index:09d}"
 
 
-def load_audio(path: str, sample_rate: int) -> np.ndarray:
-    """Float32 mono audio at ``sample_rate`` (any soundfile format and rate).
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "a.wav"
-    >>> soundfile.write(path, np.zeros((800, 2), dtype="float32"), 8000)
-    >>> load_audio(str(path), 16000).shape
-    (1600,)
-    """
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != sample_rate:
-        import torch
-        import torchaudio
-
-        audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, sample_rate).numpy()
-    return audio
-
-
 def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
     """Float audio in [-1, 1] to int16, the inverse of soundfile's ``int / 32768``.
 
@@ -373,14 +355,14 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes):
 
 def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float]:
     """(json bytes, flac bytes, seconds) of one row; raises ValueError if unusable."""
+    # Imported here: `slap shards --help` imports this module and must not import torch.
+    from speechbrain_slap.data.audio import load_audio
+
     captions = split_captions(row["captions"])
     if not captions:
         raise ValueError("no caption")
-    audio = load_audio(row["wav"], sample_rate)
-    if audio.size == 0:
-        raise ValueError("empty audio")
-    if not np.isfinite(audio).all():  # would be quantised to arbitrary int16 values
-        raise ValueError("samples are NaN or infinite")
+    # Mono, resampled, non-empty and finite (NaN would be quantised to arbitrary int16).
+    audio = load_audio(row["wav"], sample_rate).numpy()
     flac = io.BytesIO()
     soundfile.write(flac, quantize_pcm16(audio), sample_rate, format="FLAC", subtype="PCM_16")
     seconds = audio.size / sample_rate
@@ -502,7 +484,7 @@ def _write_index(path: Path, content: dict):
 
 
 def _worker_init():
-    # One process per shard already uses every core; torch (imported to resample) would
+    # One process per shard already uses every core; torch (imported to read audio) would
     # oversubscribe them with its own threads.
     os.environ["OMP_NUM_THREADS"] = "1"
 

@@ -56,7 +56,6 @@ Authors
 """
 
 import glob
-import io
 import itertools
 import json
 import logging
@@ -67,14 +66,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile
 import torch
-import torchaudio
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from speechbrain_slap.data import CAPTION_SEPARATOR, batching
+from speechbrain_slap.data.audio import decode_audio
 from speechbrain_slap.data.shards import INDEX_NAME
 from speechbrain_slap.lobes.caption_decoder import encode_captions
 
@@ -275,6 +273,7 @@ def read_shard(path: str, on_skip: SkipCallback) -> Iterator[StreamSample]:
 
     Example
     -------
+    >>> import soundfile
     >>> from speechbrain_slap.data.shards import write_shard
     >>> folder = getfixture("tmp_path")
     >>> soundfile.write(folder / "a.wav", np.zeros(1600, dtype="int16"), 16000)
@@ -543,12 +542,7 @@ class ShardStream(IterableDataset):
 
     def decode(self, sample: StreamSample, rng: np.random.Generator) -> dict:
         """One example dict (``id, sig, captions, caption`` + tokens) from a sample."""
-        audio, rate = soundfile.read(io.BytesIO(sample.flac), dtype="float32", always_2d=True)
-        sig = torch.from_numpy(audio).mean(dim=1)
-        if rate != self.sample_rate:
-            sig = torchaudio.functional.resample(sig, rate, self.sample_rate)
-        if sig.numel() == 0:
-            raise ValueError("empty audio")
+        sig = decode_audio(sample.flac, f"{sample.name}.flac", self.sample_rate)
         max_samples = int(self.max_duration * self.sample_rate)
         if sig.numel() > max_samples:
             start = int(rng.integers(sig.numel() - max_samples + 1)) if self.train else 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from speechbrain_slap.data.audio import probe_audio
 from speechbrain_slap.export import ModelFolderError, write_checksums
 from speechbrain_slap.metrics import retrieval_metrics
 from speechbrain_slap.retrieval import (
@@ -25,7 +26,6 @@ from speechbrain_slap.retrieval import (
     load_pretrained,
     manifest_wav,
     manifests_up_to_date,
-    probe_audio,
     read_manifest,
     read_prepare_report,
     save_prepare_report,

@@ -31,7 +31,7 @@ import logging
 import os
 from pathlib import Path
 
-import soundfile
+from speechbrain_slap.data.audio import probe_audio
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +223,8 @@ def _split_rows(segment_csv, audio_root, split_folder, template, known_mids) -> 
         if path is None:
             missing.append(name)
             continue
-        try:
-            duration = soundfile.info(str(path)).duration
-        except (RuntimeError, soundfile.LibsndfileError):
+        duration, problem = probe_audio(path)
+        if problem:
             unreadable.append(str(path))
             continue
         rows.append(

@@ -12,7 +12,7 @@ split: every clip is in one fold, ``all``.
 
 ``1076_MTI_SAD_XX.wav`` is near-empty (no audible speech) and is left out by
 default (``exclude``), as common loaders do; the evaluation is then over
-7,441 clips. A file soundfile cannot open is kept with duration 0 and a
+7,441 clips. A file whose header cannot be read is kept with duration 0 and a
 warning (the evaluation skips it); git-lfs pointer files, what a download of
 the repository as a zip gives, are named as such.
 
@@ -25,7 +25,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import SINGLE_FOLD, audio_duration, write_manifest
+from speechbrain_slap.data.audio import probe_audio
+from speechbrain_slap.zeroshot import SINGLE_FOLD, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def prepare_cremad(
             excluded.append(path.stem)
             continue
         actor, sentence, emotion, level = _parse_name(path)
-        duration = audio_duration(path)
+        duration, _ = probe_audio(path)
         if duration is None:
             unreadable.append(path)
         rows.append(
@@ -125,10 +126,10 @@ def _parse_name(path: Path) -> tuple[str, str, str, str]:
 
 
 def _warn_unreadable(paths: list[Path]) -> None:
-    """Logs the files soundfile cannot open, naming git-lfs pointers as such."""
+    """Logs the files whose header cannot be read, naming git-lfs pointers as such."""
     pointers = [p for p in paths if p.read_bytes()[: len(LFS_POINTER)] == LFS_POINTER]
     logger.warning(
-        "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
+        "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
         len(paths),
         ", ".join(str(p) for p in paths),
     )

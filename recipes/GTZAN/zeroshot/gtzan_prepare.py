@@ -11,8 +11,8 @@ and writes one SpeechBrain CSV manifest:
 
 ``label`` is the genre folder. Zero-shot uses every clip, so there is one
 fold, ``all`` (the fault-filtered split of torchaudio is for training).
-``jazz.00054.wav`` of the Kaggle copy is corrupt: like any file soundfile
-cannot open, it is kept with duration 0 and a warning, and the evaluation
+``jazz.00054.wav`` of the Kaggle copy is corrupt: like any file whose header
+cannot be read, it is kept with duration 0 and a warning, and the evaluation
 skips it and lists it in its results (999 clips evaluated).
 
 Authors
@@ -23,7 +23,8 @@ import logging
 import re
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import SINGLE_FOLD, audio_duration, write_manifest
+from speechbrain_slap.data.audio import probe_audio
+from speechbrain_slap.zeroshot import SINGLE_FOLD, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def prepare_gtzan(data_folder: str | Path, save_folder: str | Path) -> Path:
                     f"{path}: expected a name {genre_folder.name}.000NN{path.suffix} "
                     f"in the genre folder {genre_folder.name}/"
                 )
-            duration = audio_duration(path)
+            duration, _ = probe_audio(path)
             if duration is None:
                 unreadable.append(str(path))
             rows.append(
@@ -86,7 +87,7 @@ def prepare_gtzan(data_folder: str | Path, save_folder: str | Path) -> Path:
         )
     if unreadable:
         logger.warning(
-            "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
+            "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
             len(unreadable),
             ", ".join(unreadable),
         )

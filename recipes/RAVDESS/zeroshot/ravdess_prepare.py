@@ -15,7 +15,7 @@ Writes one SpeechBrain CSV manifest:
 calm, happy, sad, angry, fearful, disgust, surprised`` for codes 01-08).
 RAVDESS has no official split: every clip is in one fold, ``all``. Song
 files (vocal channel 02) or other modalities found in the actor folders are
-left out with a log line. A file soundfile cannot open is kept with duration
+left out with a log line. A file whose header cannot be read is kept with duration
 0 and a warning (the evaluation skips it).
 
 Authors
@@ -26,7 +26,8 @@ import logging
 import re
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import SINGLE_FOLD, audio_duration, write_manifest
+from speechbrain_slap.data.audio import probe_audio
+from speechbrain_slap.zeroshot import SINGLE_FOLD, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def prepare_ravdess(data_folder: str | Path, save_folder: str | Path) -> Path:
             if (modality, channel) != (AUDIO_ONLY, SPEECH):
                 left_out.append(path.name)
                 continue
-            duration = audio_duration(path)
+            duration, _ = probe_audio(path)
             if duration is None:
                 unreadable.append(str(path))
             rows.append(
@@ -105,7 +106,7 @@ def prepare_ravdess(data_folder: str | Path, save_folder: str | Path) -> Path:
         )
     if unreadable:
         logger.warning(
-            "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
+            "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
             len(unreadable),
             ", ".join(unreadable),
         )

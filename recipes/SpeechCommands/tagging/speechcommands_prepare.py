@@ -19,7 +19,7 @@ import json
 import logging
 from pathlib import Path
 
-import soundfile
+from speechbrain_slap.data.audio import probe_duration
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def prepare_speech_commands(
             rows[split_of.pop(relative, "train")].append(
                 {
                     "ID": f"{word}/{path.stem}",
-                    "duration": f"{soundfile.info(str(path)).duration:.3f}",
+                    "duration": f"{probe_duration(path):.3f}",
                     "wav": f"$data_root/{relative}",
                     "label": word,
                     "speaker": path.stem.split("_nohash_")[0],

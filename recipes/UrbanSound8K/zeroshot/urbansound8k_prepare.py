@@ -10,8 +10,8 @@ of every slice with its fold:
 ``label`` is the ``class`` column (``dog_bark``), ``wav`` is
 ``$data_root/audio/fold<fold>/<slice_file_name>`` (``$data_root`` is replaced
 by ``data_folder`` when the manifest is read). A slice listed in the CSV
-without its audio file is an error (an incomplete copy); a file soundfile
-cannot open is kept with duration 0 and a warning, and the evaluation skips it.
+without its audio file is an error (an incomplete copy); a file whose header
+cannot be read is kept with duration 0 and a warning, and the evaluation skips it.
 
 Authors
  * speechbrain-slap contributors 2026
@@ -21,7 +21,8 @@ import csv
 import logging
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import audio_duration, write_manifest
+from speechbrain_slap.data.audio import probe_audio
+from speechbrain_slap.zeroshot import write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
         path = data_folder / relative
         if not path.is_file():
             raise FileNotFoundError(f"{where}: audio file {path} not found")
-        duration = audio_duration(path)
+        duration, _ = probe_audio(path)
         if duration is None:
             unreadable.append(str(path))
         rows.append(
@@ -99,7 +100,7 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
         )
     if unreadable:
         logger.warning(
-            "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
+            "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
             len(unreadable),
             ", ".join(unreadable),
         )
