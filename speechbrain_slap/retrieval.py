@@ -1,16 +1,9 @@
 """Audio-text retrieval and captioning on caption manifests: data, evaluation, fine-tuning.
 
 The recipes of AudioCaps, Clotho and WavCaps turn each dataset's official
-layout into *caption manifests*, the format of the pretraining recipe: a
-SpeechBrain CSV with ``ID, duration, wav, captions``, where ``wav`` is
-``$data_root/<path inside the dataset folder>`` (or an absolute path for audio
-kept elsewhere) and ``captions`` holds every caption of the clip joined by
-``speechbrain_slap.data.CAPTION_SEPARATOR``. This module holds what those
-recipes share:
+layout into caption manifests (``speechbrain_slap.data.manifest``). This
+module holds what those recipes share beyond the manifests:
 
-* writing manifests (``write_manifest``), with the clips that cannot be used
-  (missing audio, a caption the CSV format cannot hold) skipped and listed in
-  ``<split>_skipped.csv``, and the per-split counts in ``prepare.json``;
 * zero-shot or fine-tuned retrieval evaluation of a ``SLAP`` model folder
   (``evaluate_retrieval``): every clip is embedded whole (no cropping; audio
   longer than the model's window is split and pooled as ``SLAP`` documents),
@@ -32,309 +25,17 @@ import csv
 import json
 import logging
 import math
-import os
-import re
 import shutil
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from speechbrain_slap.data import CAPTION_SEPARATOR, split_captions
+from speechbrain_slap.data.manifest import CaptionedClip, read_clips
 from speechbrain_slap.metrics import mean_recall_at_1, retrieval_metrics
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_FIELDS = ("ID", "duration", "wav", "captions")
-REPORT_FILE = "prepare.json"
-# SpeechBrain's CSV reader replaces ``$name`` in every field (load_data_csv).
-_CSV_VARIABLE = re.compile(r"\$[\w.]")
-
-
-@dataclass
-class CaptionedClip:
-    """One audio clip and its reference captions.
-
-    Arguments
-    ---------
-    id : str
-        Unique clip ID within its split.
-    wav : str
-        Audio file path.
-    duration : float
-        Seconds of audio.
-    captions : list of str
-        Reference captions (one or more).
-
-    Example
-    -------
-    >>> clip = CaptionedClip("Santa Motor", "dev/Santa Motor.wav", 17.3, ["A machine whines."])
-    >>> clip.captions[0]
-    'A machine whines.'
-    """
-
-    id: str
-    wav: str
-    duration: float
-    captions: list[str]
-
-
-def caption_problem(caption: str) -> str | None:
-    """Why a caption cannot be stored in a caption manifest, or None if it can.
-
-    Arguments
-    ---------
-    caption : str
-        One caption.
-
-    Returns
-    -------
-    str or None
-        The reason (empty, holds the caption separator, or holds ``$name``,
-        which SpeechBrain's CSV reader would try to replace).
-
-    Example
-    -------
-    >>> caption_problem("A dog barks.") is None
-    True
-    >>> caption_problem("Coins worth $5 drop.")
-    "caption holds '$5', which SpeechBrain's CSV reader takes for a variable"
-    """
-    if not isinstance(caption, str) or not caption.strip():
-        return "empty caption"
-    if CAPTION_SEPARATOR.strip() in caption:
-        return f"caption holds the caption separator {CAPTION_SEPARATOR.strip()!r}"
-    match = _CSV_VARIABLE.search(caption)
-    if match:
-        return (
-            f"caption holds {match.group()!r}, which SpeechBrain's CSV reader takes for a variable"
-        )
-    return None
-
-
-def manifest_wav(path: str | Path, data_folder: str | Path) -> str:
-    """The ``wav`` field of a file: ``$data_root/<relative path>`` inside ``data_folder``.
-
-    Files outside ``data_folder`` keep their absolute path.
-
-    Arguments
-    ---------
-    path : str or Path
-        The audio file.
-    data_folder : str or Path
-        The folder that replaces ``$data_root`` when the manifest is read.
-
-    Returns
-    -------
-    str
-
-    Example
-    -------
-    >>> manifest_wav("/data/clotho/development/a b.wav", "/data/clotho")
-    '$data_root/development/a b.wav'
-    >>> manifest_wav("/elsewhere/x.flac", "/data/clotho")
-    '/elsewhere/x.flac'
-    """
-    path = Path(os.path.abspath(path))
-    root = Path(os.path.abspath(data_folder))
-    if path.is_relative_to(root):
-        return "$data_root/" + path.relative_to(root).as_posix()
-    return path.as_posix()
-
-
-def write_manifest(
-    manifest_csv: str | Path,
-    clips: Sequence[CaptionedClip],
-    data_folder: str | Path,
-    skipped: Sequence[tuple[str, str]] = (),
-) -> dict:
-    """Writes a caption manifest; clips it cannot hold are skipped and listed.
-
-    A clip is skipped when one of its captions has a ``caption_problem`` or
-    its path holds ``$name``. Skipped clips (these and the ``skipped`` the
-    caller found, e.g. missing audio) go to ``<manifest stem>_skipped.csv``
-    (``ID, reason``) and are counted by reason; a warning says how many.
-
-    Arguments
-    ---------
-    manifest_csv : str or Path
-        The CSV to write (``ID, duration, wav, captions``).
-    clips : sequence of CaptionedClip
-        The clips, ``wav`` being the file's path.
-    data_folder : str or Path
-        The folder that replaces ``$data_root`` when the manifest is read.
-    skipped : sequence of (str, str)
-        ``(clip ID, reason)`` of clips the caller already left out.
-
-    Returns
-    -------
-    dict
-        ``clips`` and ``captions`` written, ``skipped`` (count) and
-        ``skipped_by_reason``.
-
-    Example
-    -------
-    >>> folder = getfixture("tmp_path")
-    >>> clips = [
-    ...     CaptionedClip("a", str(folder / "a.wav"), 1.5, ["A dog barks.", "Barking."]),
-    ...     CaptionedClip("b", str(folder / "b.wav"), 2.0, ["It costs $5."]),
-    ... ]
-    >>> report = write_manifest(folder / "test.csv", clips, folder, [("c", "audio file missing")])
-    >>> report["clips"], report["captions"], report["skipped"]
-    (1, 2, 2)
-    >>> print((folder / "test.csv").read_text().splitlines()[1])
-    a,1.5,$data_root/a.wav,A dog barks. | Barking.
-    """
-    manifest_csv = Path(manifest_csv)
-    skipped = list(skipped)
-    rows = []
-    for clip in clips:
-        problems = [caption_problem(c) for c in clip.captions] or ["no caption"]
-        problems = [p for p in problems if p]
-        wav = manifest_wav(clip.wav, data_folder)
-        if _CSV_VARIABLE.search(wav.removeprefix("$data_root")):
-            problems.append("the audio path holds '$', which SpeechBrain's CSV reader replaces")
-        if problems:
-            skipped.append((clip.id, problems[0]))
-            continue
-        captions = CAPTION_SEPARATOR.join(c.strip() for c in clip.captions)
-        rows.append((clip.id, f"{clip.duration:.3f}".rstrip("0").rstrip("."), wav, captions))
-
-    manifest_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest_csv, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.writer(fout)
-        writer.writerow(MANIFEST_FIELDS)
-        writer.writerows(rows)
-    skipped_csv = manifest_csv.with_name(f"{manifest_csv.stem}_skipped.csv")
-    if skipped:
-        with open(skipped_csv, "w", newline="", encoding="utf-8") as fout:
-            writer = csv.writer(fout)
-            writer.writerow(("ID", "reason"))
-            writer.writerows(skipped)
-        logger.warning(
-            "%s: %d clips skipped (listed in %s), %d written",
-            manifest_csv,
-            len(skipped),
-            skipped_csv,
-            len(rows),
-        )
-    elif skipped_csv.exists():
-        skipped_csv.unlink()  # left by an earlier run
-    return {
-        "clips": len(rows),
-        "captions": sum(len(split_captions(row[3])) for row in rows),
-        "skipped": len(skipped),
-        "skipped_by_reason": dict(Counter(reason for _, reason in skipped)),
-    }
-
-
-def manifests_up_to_date(save_folder: str | Path, splits: Sequence[str], options: dict) -> bool:
-    """True when every ``<split>.csv`` exists and ``prepare.json`` has the same options.
-
-    Dataset preparation is skipped then, as SpeechBrain recipes do.
-
-    Arguments
-    ---------
-    save_folder : str or Path
-        Where the manifests are.
-    splits : sequence of str
-        Manifest names without ``.csv``.
-    options : dict
-        JSON-serialisable options of the preparation.
-
-    Returns
-    -------
-    bool
-
-    Example
-    -------
-    >>> folder = getfixture("tmp_path")
-    >>> _ = (folder / "test.csv").write_text("ID,duration,wav,captions\\n")
-    >>> manifests_up_to_date(folder, ["test"], {"data_folder": "/data"})
-    False
-    >>> _ = save_prepare_report(folder, {"data_folder": "/data"}, {"test": {"clips": 0}})
-    >>> manifests_up_to_date(folder, ["test"], {"data_folder": "/data"})
-    True
-    """
-    save_folder = Path(save_folder)
-    report = save_folder / REPORT_FILE
-    if not report.is_file() or not all((save_folder / f"{s}.csv").is_file() for s in splits):
-        return False
-    return json.loads(report.read_text()).get("options") == _jsonable(options)
-
-
-def save_prepare_report(save_folder: str | Path, options: dict, splits: dict) -> Path:
-    """Writes ``prepare.json``: the preparation's options and per-split counts.
-
-    Arguments
-    ---------
-    save_folder : str or Path
-        Where the manifests are.
-    options : dict
-        Options of the preparation (compared by ``manifests_up_to_date``).
-    splits : dict
-        ``{split: write_manifest(...) report}``.
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(save_folder) / REPORT_FILE
-    path.write_text(json.dumps({"options": _jsonable(options), "splits": splits}, indent=2))
-    return path
-
-
-def read_prepare_report(save_folder: str | Path) -> dict:
-    """The per-split counts of ``prepare.json`` (``{}`` when there is none)."""
-    path = Path(save_folder) / REPORT_FILE
-    return json.loads(path.read_text())["splits"] if path.is_file() else {}
-
-
-def _jsonable(options: dict) -> dict:
-    """Options as they read back from JSON (paths as strings, tuples as lists)."""
-    return json.loads(json.dumps(options, default=str))
-
-
-def read_manifest(manifest_csv: str | Path, data_folder: str | Path) -> list[CaptionedClip]:
-    """Reads a caption manifest (``$data_root`` replaced by ``data_folder``).
-
-    Arguments
-    ---------
-    manifest_csv : str or Path
-        CSV with ``ID, duration, wav, captions``.
-    data_folder : str or Path
-        Replaces ``$data_root``.
-
-    Returns
-    -------
-    list of CaptionedClip
-        In file order.
-
-    Example
-    -------
-    >>> folder = getfixture("tmp_path")
-    >>> clip = CaptionedClip("x", str(folder / "x.wav"), 3.0, ["A bell rings.", "Ringing."])
-    >>> _ = write_manifest(folder / "m.csv", [clip], folder)
-    >>> read_manifest(folder / "m.csv", folder)[0] == clip
-    True
-    """
-    from speechbrain.dataio.dataio import load_data_csv
-
-    rows = load_data_csv(str(manifest_csv), replacements={"data_root": str(data_folder)})
-    clips = []
-    for clip_id, row in rows.items():
-        missing = [f for f in MANIFEST_FIELDS[1:] if f not in row]
-        if missing:
-            raise ValueError(f"{manifest_csv}: no column {missing}; expected {MANIFEST_FIELDS}")
-        captions = split_captions(row["captions"])
-        if not captions:
-            raise ValueError(f"{manifest_csv}: clip {clip_id!r} has no caption")
-        clips.append(CaptionedClip(clip_id, row["wav"], float(row["duration"]), captions))
-    if not clips:
-        raise ValueError(f"{manifest_csv}: no clip")
-    return clips
 
 
 def _batches(clips: Sequence[CaptionedClip], batch_clips: int):
@@ -532,7 +233,7 @@ def evaluate_splits(
     output_folder = Path(output_folder)
     results = dict(extra or {})
     for split, manifest in manifests.items():
-        evaluation = evaluate_retrieval(model, read_manifest(manifest, data_folder), batch_clips)
+        evaluation = evaluate_retrieval(model, read_clips(manifest, data_folder), batch_clips)
         evaluation.save(output_folder, split)
         results[split] = evaluation.metrics
         logger.info("%s retrieval: %s", split, results[split])
@@ -671,7 +372,7 @@ def evaluate_captioning(
     from speechbrain_slap.metrics import caption_metrics
 
     output_folder = Path(output_folder)
-    clips = read_manifest(manifest, data_folder)
+    clips = read_clips(manifest, data_folder)
     predictions = caption_clips(model, clips, beam_size=beam_size, batch_clips=batch_clips)
     write_predictions(output_folder / "predictions.csv", clips, predictions)
     results = {**(extra or {}), "beam_size": beam_size, "n_clips": len(clips)}
@@ -771,7 +472,7 @@ def fit_and_test(brain, hparams: dict, datasets: dict):
     optimizer steps (per rank under DDP); retrieval on ``datasets["valid"]``
     after each epoch keeps the checkpoint with the best mean R@1, which is then
     evaluated on ``datasets["test"]`` (``test_results.json`` in the output
-    folder). Batches are ``speechbrain_slap.data.manifest.loader_kwargs``'s:
+    folder). Batches are ``speechbrain_slap.data.pipelines.loader_kwargs``'s:
     duration batches from which unreadable clips are dropped and counted.
 
     Arguments
@@ -784,14 +485,14 @@ def fit_and_test(brain, hparams: dict, datasets: dict):
         ``grad_accumulation_factor`` and ``loader_kwargs``'s keys).
     datasets : dict
         ``train``, ``valid`` and ``test`` datasets
-        (``speechbrain_slap.data.manifest.dataio_prepare``).
+        (``speechbrain_slap.data.pipelines.dataio_prepare``).
 
     Returns
     -------
     speechbrain_slap.brain.SLAPBrain
         The trained Brain (its ``checkpointer`` holds the best checkpoint).
     """
-    from speechbrain_slap.data.manifest import loader_kwargs
+    from speechbrain_slap.data.pipelines import loader_kwargs
 
     train_kwargs = loader_kwargs(datasets["train"], hparams, train=True)
     # Under DDP every rank trains on its share of the sampler's batches.

@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from speechbrain_slap.data.audio import audio_batches
+from speechbrain_slap.data.manifest import read_labelled_manifest
 from speechbrain_slap.metrics import accuracy
 
 matplotlib.use("Agg")
@@ -41,120 +42,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FIELDS = ("ID", "duration", "wav", "label", "fold")
-SINGLE_FOLD = "all"
 # Count annotations in the confusion-matrix cells stay readable up to this many classes.
 MAX_ANNOTATED_CLASSES = 16
-
-
-def write_manifest(
-    rows: Sequence[dict], path: str | Path, extra_fields: Sequence[str] = ()
-) -> Path:
-    """Writes a zero-shot manifest: ``ID, duration, wav, label, fold`` and extra columns.
-
-    Arguments
-    ---------
-    rows : sequence of dict
-        One dict per clip with every field of ``MANIFEST_FIELDS`` and ``extra_fields``.
-    path : str or Path
-        CSV file to write (parent folders are created).
-    extra_fields : sequence of str
-        Dataset-specific columns written after the standard ones.
-
-    Returns
-    -------
-    Path
-        ``path``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> rows = [dict(ID="a", duration=1.0, wav="/d/a.wav", label="dog", fold=1, take="A")]
-    >>> path = write_manifest(rows, Path(tempfile.mkdtemp()) / "m.csv", extra_fields=["take"])
-    >>> path.read_text().splitlines()
-    ['ID,duration,wav,label,fold,take', 'a,1.0,/d/a.wav,dog,1,A']
-    """
-    fields = list(MANIFEST_FIELDS) + list(extra_fields)
-    seen = set()
-    for i, row in enumerate(rows):
-        missing = [f for f in fields if f not in row]
-        if missing:
-            raise ValueError(f"manifest row {i} ({row.get('ID')!r}) lacks fields {missing}")
-        if row["ID"] in seen:
-            raise ValueError(f"manifest ID {row['ID']!r} appears twice")
-        seen.add(row["ID"])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fout:
-        writer = csv.DictWriter(fout, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def read_manifest(
-    path: str | Path,
-    labels: Sequence[str],
-    label_field: str = "label",
-    replacements: dict | None = None,
-) -> list[dict]:
-    """Reads a manifest and gives each row its class index (``target``) in ``labels``.
-
-    Arguments
-    ---------
-    path : str or Path
-        CSV with at least the columns ``ID, wav, fold`` and ``label_field``.
-    labels : sequence of str
-        The class names, in class-index order; every label must be one of them.
-    label_field : str
-        The column holding the class name (``label`` in the manifests of
-        ``write_manifest``, ``category`` in the ESC-50 one).
-    replacements : dict, optional
-        ``{"data_root": folder}`` turns ``$data_root`` in ``wav`` into
-        ``folder``, as SpeechBrain's ``DynamicItemDataset.from_csv`` does.
-
-    Returns
-    -------
-    list of dict
-        The rows (all values strings, ``wav`` with the replacements made) with
-        an added int ``target``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> rows = [dict(ID="a", duration=1.0, wav="$data_root/a.wav", label="cat", fold=2)]
-    >>> path = write_manifest(rows, Path(tempfile.mkdtemp()) / "m.csv")
-    >>> row = read_manifest(path, ["dog", "cat"], replacements={"data_root": "/data"})[0]
-    >>> row["target"], row["fold"], row["wav"]
-    (1, '2', '/data/a.wav')
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    labels = list(labels)
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"labels must be distinct, got {labels}")
-    index = {label: i for i, label in enumerate(labels)}
-    with open(path, newline="") as fin:
-        reader = csv.DictReader(fin)
-        required = ("ID", "wav", label_field, "fold")
-        missing = [f for f in required if f not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing columns {missing} (header {reader.fieldnames})")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{path}: no clips")
-    for line, row in enumerate(rows, start=2):
-        label = row[label_field]
-        if label not in index:
-            raise ValueError(
-                f"{path}, line {line} ({row['ID']}): {label_field} {label!r} is not one of "
-                f"the {len(labels)} class labels {labels}"
-            )
-        row["target"] = index[label]
-        for key, value in (replacements or {}).items():
-            row["wav"] = row["wav"].replace(f"${key}", str(value))
-    return rows
 
 
 def embed_clips(
@@ -469,7 +358,7 @@ def evaluate_zero_shot(
     if len(label_names) != len(labels):
         raise ValueError(f"got {len(label_names)} label names for {len(labels)} labels")
     templates = [templates] if isinstance(templates, str) else list(templates)
-    rows = read_manifest(manifest, labels, label_field, replacements)
+    rows = read_labelled_manifest(manifest, labels, label_field, replacements)
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
 

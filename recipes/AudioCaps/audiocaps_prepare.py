@@ -34,12 +34,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.retrieval import (
+from speechbrain_slap.data.manifest import (
     CaptionedClip,
     manifests_up_to_date,
     read_prepare_report,
     save_prepare_report,
-    write_manifest,
+    write_caption_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def prepare_audiocaps(
                 skipped.append((clip_id, problem))
             else:
                 clips.append(CaptionedClip(clip_id, str(path), duration, captions))
-        report[split] = write_manifest(
+        report[split] = write_caption_manifest(
             Path(save_folder) / f"{split}.csv", clips, data_folder, skipped
         )
         logger.info("AudioCaps %s: %s", split, report[split])

@@ -33,12 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.retrieval import (
+from speechbrain_slap.data.manifest import (
     CaptionedClip,
     manifests_up_to_date,
     read_prepare_report,
     save_prepare_report,
-    write_manifest,
+    write_caption_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def prepare_clotho(
                 skipped.append((clip_id, problem))
             else:
                 clips.append(CaptionedClip(clip_id, str(path), duration, captions))
-        report[split] = write_manifest(
+        report[split] = write_caption_manifest(
             Path(save_folder) / f"{split}.csv", clips, data_folder, skipped
         )
         logger.info("Clotho %s: %s", split, report[split])

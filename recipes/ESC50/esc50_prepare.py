@@ -28,6 +28,7 @@ import logging
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_duration
+from speechbrain_slap.data.manifest import write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,7 @@ def prepare_esc50(data_folder: str | Path, save_folder: str | Path) -> Path:
         raise ValueError(f"{meta} lists no clips")
     _check_classes([(int(r["target"]), r["category"]) for r in rows], str(meta))
 
-    save_folder.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="") as fout:
-        writer = csv.DictWriter(fout, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(manifest, rows, MANIFEST_COLUMNS)
     options_file.write_text(json.dumps(options))
     logger.info("%s: %d clips", manifest, len(rows))
     return manifest

@@ -45,14 +45,9 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_slap.brain import SLAPBrain
-from speechbrain_slap.data import split_captions
 from speechbrain_slap.data.audio import AudioLoadError, load_audio
-from speechbrain_slap.data.manifest import (
-    dataio_prepare,
-    load_manifest,
-    loader_kwargs,
-    validate_manifest,
-)
+from speechbrain_slap.data.manifest import load_manifest, split_captions, validate_manifest
+from speechbrain_slap.data.pipelines import dataio_prepare, loader_kwargs
 from speechbrain_slap.data.stream import ShardStream, StreamLoader
 from speechbrain_slap.frame_probe import frame_features, linear_probe
 from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer

@@ -41,8 +41,8 @@ the start with ``"complete": false`` and the settings, and again at the end;
 a rerun with other settings (or another manifest) raises instead of mixing
 two plans in one folder.
 
-Rows the manifest check rejects (``check_manifest``: no caption, a bad
-duration, ...) and rows whose audio cannot be read, is empty, or holds NaN or
+Rows the manifest check rejects (``speechbrain_slap.data.manifest.check_manifest``:
+no caption, a bad duration, ...) and rows whose audio cannot be read, is empty, or holds NaN or
 Inf samples are skipped; each is named in the log and in the index
 (``skipped``, with the reason).
 
@@ -68,14 +68,13 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from speechbrain_slap.data import split_captions
+from speechbrain_slap.data.manifest import check_manifest, split_captions
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "shards.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
 INDEX_VERSION = 1
-REQUIRED_COLUMNS = ("ID", "duration", "wav", "captions")
 # A tar member costs a 512-byte header and is padded to 512 bytes; with the
 # JSON, a sample costs about this much on top of its audio.
 SAMPLE_OVERHEAD_BYTES = 3 * 512
@@ -131,109 +130,6 @@ def parse_size(size: str | int) -> int:
 
 
 # --------------------------------------------------------------------------- planning
-
-
-def read_manifest(manifest_csv: str | os.PathLike, data_root: str | None = None) -> list[dict]:
-    """Usable rows of a pretraining manifest, in file order, ``$data_root`` replaced in ``wav``.
-
-    Rows are checked as for training (``check_manifest``); rejected rows are
-    left out (``write_shards`` lists them in the index).
-
-    Arguments
-    ---------
-    manifest_csv : str or path
-        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
-    data_root : str, optional
-        Replaces ``$data_root`` in the ``wav`` field.
-
-    Returns
-    -------
-    list of dict
-        One dict per usable row (all columns as strings, ``ID`` included,
-        ``duration`` a float).
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "m.csv"
-    >>> _ = path.write_text("ID,duration,wav,captions\\na,1.5,$data_root/a.wav,A dog.\\n")
-    >>> read_manifest(path, data_root="/audio")[0]["wav"]
-    '/audio/a.wav'
-    """
-    return check_manifest(manifest_csv, data_root)[0]
-
-
-# Stands for $data_root when none is given; no path holds it (validate_manifest then
-# finds no unknown variable, and the rows that needed data_root are told apart).
-_NO_DATA_ROOT = "\x00data_root\x00"
-
-
-def check_manifest(
-    manifest_csv: str | os.PathLike, data_root: str | None = None
-) -> tuple[list[dict], list[dict]]:
-    """Usable rows of a pretraining manifest and the rejected ones, with their reasons.
-
-    The checks are the training manifest's
-    (``speechbrain_slap.data.manifest.validate_manifest``): missing ID, wav or
-    caption, a duration that is missing, non-numeric, non-finite or not
-    positive, a duplicate ID, the wrong number of fields, bytes that are not
-    UTF-8. Only ``wav`` has ``$data_root`` replaced, so a caption may hold a
-    ``$``.
-
-    Arguments
-    ---------
-    manifest_csv : str or path
-        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
-    data_root : str, optional
-        Replaces ``$data_root`` in the ``wav`` field.
-
-    Returns
-    -------
-    rows : list of dict
-        As ``read_manifest``.
-    rejected : list of dict
-        ``{"id", "wav", "line", "reason"}`` of each rejected row, in file order.
-
-    Raises
-    ------
-    FileNotFoundError
-        No such manifest.
-    ValueError
-        A required column is missing, or ``wav`` uses ``$data_root`` and no
-        ``data_root`` is given.
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "m.csv"
-    >>> _ = path.write_text(
-    ...     "ID,duration,wav,captions\\na,1.5,a.wav,Coins worth $5.\\nb,abc,b.wav,Rain.\\n"
-    ... )
-    >>> rows, rejected = check_manifest(path)
-    >>> rows[0]["captions"], rejected
-    ('Coins worth $5.', [{'id': 'b', 'wav': '', 'line': 3, 'reason': "non-numeric duration 'abc'"}])
-    """
-    manifest_csv = Path(manifest_csv)
-    if not manifest_csv.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest_csv}")
-    # Imported here: the writer processes import this module and need no speechbrain/torch.
-    from speechbrain_slap.data.manifest import validate_manifest
-
-    try:
-        found, rejected = validate_manifest(
-            manifest_csv, _NO_DATA_ROOT if data_root is None else data_root
-        )
-    except ValueError as err:
-        raise ValueError(
-            f"{err}; a pretraining manifest has {', '.join(REQUIRED_COLUMNS)}"
-        ) from None
-    rows = [{"ID": key, **row} for key, row in found.items()]
-    if data_root is None:
-        needs_root = [row["ID"] for row in rows if _NO_DATA_ROOT in row["wav"]]
-        if needs_root:
-            raise ValueError(
-                f"{manifest_csv}: wav of {needs_root[0]} uses $data_root; pass data_root "
-                "(--data-root on the command line)"
-            )
-    return rows, [{"id": r.id, "wav": "", "line": r.line, "reason": r.reason} for r in rejected]
 
 
 def plan_shards(

@@ -71,8 +71,9 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from speechbrain_slap.data import CAPTION_SEPARATOR, batching
+from speechbrain_slap.data import batching
 from speechbrain_slap.data.audio import decode_audio
+from speechbrain_slap.data.manifest import CAPTION_SEPARATOR
 from speechbrain_slap.data.shards import INDEX_NAME
 from speechbrain_slap.lobes.caption_decoder import encode_captions
 

@@ -45,7 +45,6 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
-import csv
 import json
 import math
 import os
@@ -59,7 +58,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from speechbrain_slap.data import CAPTION_SEPARATOR
+from speechbrain_slap.data.manifest import CAPTION_SEPARATOR, write_rows
 
 # Bump whenever a change alters the generated audio, captions or manifests, so that an
 # old corpus on disk is not mistaken for the current one (2: events and scene columns).
@@ -1062,11 +1061,7 @@ def generate_corpus(
             soundfile.write(audio_folder / f"{row['ID']}.wav", audio, sample_rate, "PCM_16")
             rows.append(row)
         tmp = manifests[split].with_name(manifests[split].name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fout:
-            writer = csv.DictWriter(fout, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, manifests[split])
+        os.replace(write_rows(tmp, rows, MANIFEST_FIELDS), manifests[split])
         durations = [float(row["duration"]) for row in rows]
         stats[split] = {
             "clips": len(rows),

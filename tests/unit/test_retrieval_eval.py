@@ -14,22 +14,24 @@ import pytest
 import torch
 
 from speechbrain_slap.data.audio import probe_audio
+from speechbrain_slap.data.manifest import (
+    CaptionedClip,
+    caption_problem,
+    manifest_wav,
+    manifests_up_to_date,
+    read_prepare_report,
+    save_prepare_report,
+)
+from speechbrain_slap.data.manifest import read_clips as read_manifest
+from speechbrain_slap.data.manifest import write_caption_manifest as write_manifest
 from speechbrain_slap.export import ModelFolderError, write_checksums
 from speechbrain_slap.metrics import retrieval_metrics
 from speechbrain_slap.retrieval import (
-    CaptionedClip,
     caption_clips,
-    caption_problem,
     evaluate_captioning,
     evaluate_retrieval,
     evaluate_splits,
     load_pretrained,
-    manifest_wav,
-    manifests_up_to_date,
-    read_manifest,
-    read_prepare_report,
-    save_prepare_report,
-    write_manifest,
 )
 
 

@@ -15,6 +15,8 @@ import soundfile
 import torch
 
 from speechbrain_slap.data.audio import load_audio
+from speechbrain_slap.data.manifest import read_labelled_manifest as read_manifest
+from speechbrain_slap.data.manifest import write_labelled_manifest as write_manifest
 from speechbrain_slap.metrics import zero_shot_accuracy
 from speechbrain_slap.zeroshot import (
     accuracy_report,
@@ -22,8 +24,6 @@ from speechbrain_slap.zeroshot import (
     embed_clips,
     evaluate_zero_shot,
     plot_confusion_matrix,
-    read_manifest,
-    write_manifest,
 )
 
 RATE = 1000  # the stand-in model's sample rate

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.zeroshot import SINGLE_FOLD, write_manifest
+from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def prepare_cremad(
         logger.info("left out %d clips: %s", len(excluded), ", ".join(excluded))
     if unreadable:
         _warn_unreadable(unreadable)
-    write_manifest(rows, manifest, EXTRA_FIELDS)
+    write_labelled_manifest(rows, manifest, EXTRA_FIELDS)
     logger.info("%s: %d clips", manifest, len(rows))
     return manifest
 

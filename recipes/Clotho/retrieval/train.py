@@ -6,7 +6,7 @@ with all three losses (contrastive, masked self-distillation, captioning).
 Every module, the EMA teacher and the caption tokenizer start from a SLAP
 model folder (``--pretrained_model``); the training loop is the pretraining
 recipe's (``SLAPBrain``, and the data pipelines and duration batches of
-``speechbrain_slap.data.manifest``, which skip and count unusable rows and
+``speechbrain_slap.data.pipelines``, which skip and count unusable rows and
 files). The model trains on the development clips, whole (up to 30 s, never
 cropped). Retrieval over all validation captions is checked every epoch; the
 checkpoint with the best mean R@1 is kept, evaluated on the evaluation clips
@@ -29,7 +29,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_slap.brain import SLAPBrain
-from speechbrain_slap.data.manifest import dataio_prepare
+from speechbrain_slap.data.pipelines import dataio_prepare
 from speechbrain_slap.export import export_model, find_best_checkpoint
 from speechbrain_slap.retrieval import fit_and_test, load_pretrained
 

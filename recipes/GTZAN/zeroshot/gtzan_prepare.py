@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.zeroshot import SINGLE_FOLD, write_manifest
+from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def prepare_gtzan(data_folder: str | Path, save_folder: str | Path) -> Path:
             len(unreadable),
             ", ".join(unreadable),
         )
-    write_manifest(rows, manifest)
+    write_labelled_manifest(rows, manifest)
     logger.info("%s: %d clips from %s", manifest, len(rows), root)
     return manifest
 

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.zeroshot import SINGLE_FOLD, write_manifest
+from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def prepare_ravdess(data_folder: str | Path, save_folder: str | Path) -> Path:
         )
     if not rows:
         raise FileNotFoundError(f"no audio-only speech clip (03-01-*.wav) under {root}")
-    write_manifest(rows, manifest, EXTRA_FIELDS)
+    write_labelled_manifest(rows, manifest, EXTRA_FIELDS)
     logger.info("%s: %d clips of %d actors from %s", manifest, len(rows), len(actors), root)
     return manifest
 

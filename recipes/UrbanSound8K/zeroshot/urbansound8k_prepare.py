@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.zeroshot import write_manifest
+from speechbrain_slap.data.manifest import write_labelled_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
             len(unreadable),
             ", ".join(unreadable),
         )
-    write_manifest(rows, manifest, EXTRA_FIELDS)
+    write_labelled_manifest(rows, manifest, EXTRA_FIELDS)
     logger.info("%s: %d slices", manifest, len(rows))
     return manifest
 

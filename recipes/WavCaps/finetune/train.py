@@ -7,7 +7,7 @@ code path is the fine-tuning one of the AudioCaps and Clotho recipes: every
 module, the EMA teacher and the caption tokenizer start from a SLAP model
 folder (``--pretrained_model``) and the training loop is the pretraining
 recipe's (``SLAPBrain``, and the data pipelines and duration batches of
-``speechbrain_slap.data.manifest``, which skip and count unusable rows and
+``speechbrain_slap.data.pipelines``, which skip and count unusable rows and
 files). Retrieval on a held-out WavCaps split keeps the checkpoint with the
 best mean R@1, which is re-scored on it (``test_results.json``) and exported to
 ``<output_folder>/model``; run the zero-shot classification recipes on that
@@ -29,7 +29,7 @@ from speechbrain.utils.distributed import run_on_main
 from wavcaps_prepare import prepare_wavcaps
 
 from speechbrain_slap.brain import SLAPBrain
-from speechbrain_slap.data.manifest import dataio_prepare
+from speechbrain_slap.data.pipelines import dataio_prepare
 from speechbrain_slap.export import export_model, find_best_checkpoint
 from speechbrain_slap.retrieval import fit_and_test, load_pretrained
 

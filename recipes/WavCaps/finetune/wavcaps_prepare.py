@@ -41,12 +41,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.retrieval import (
+from speechbrain_slap.data.manifest import (
     CaptionedClip,
     manifests_up_to_date,
     read_prepare_report,
     save_prepare_report,
-    write_manifest,
+    write_caption_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def prepare_wavcaps(
     Returns
     -------
     dict
-        ``{"train": counts, "valid": counts}`` as ``write_manifest`` reports them.
+        ``{"train": counts, "valid": counts}`` as ``write_caption_manifest`` reports them.
     """
     if skip_prep:
         return read_prepare_report(save_folder)
@@ -154,8 +154,10 @@ def prepare_wavcaps(
     valid = [clip for i, clip in enumerate(clips) if i in held_out]
     train = [clip for i, clip in enumerate(clips) if i not in held_out]
     report = {
-        "train": write_manifest(Path(save_folder) / "train.csv", train, data_folder, skipped),
-        "valid": write_manifest(Path(save_folder) / "valid.csv", valid, data_folder),
+        "train": write_caption_manifest(
+            Path(save_folder) / "train.csv", train, data_folder, skipped
+        ),
+        "valid": write_caption_manifest(Path(save_folder) / "valid.csv", valid, data_folder),
     }
     logger.info("WavCaps: %s", report)
     save_prepare_report(save_folder, options, report)
