@@ -214,7 +214,7 @@ def probe_audio(path: str | Path) -> tuple[float | None, str | None]:
     Arguments
     ---------
     path : str or Path
-        The audio file.
+        As for ``probe_duration``.
 
     Returns
     -------
@@ -279,11 +279,13 @@ def audio_batches(
     load: Callable[[str | Path], torch.Tensor],
     max_samples: float,
     on_error: Callable[[int, AudioLoadError], None] | None = None,
+    max_files: int | None = None,
 ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """Reads files in order and groups them by a budget of audio samples.
 
-    A group closes before it would exceed ``max_samples``, so at most the
-    budget plus one file is in memory (a longer file is a group of its own).
+    A group closes before it would exceed ``max_samples`` (or hold more than
+    ``max_files`` files), so at most the budget plus one file is in memory (a
+    longer file is a group of its own).
 
     Arguments
     ---------
@@ -297,6 +299,8 @@ def audio_batches(
     on_error : callable, optional
         ``on_error(index, error)`` for a file that raised ``AudioLoadError``;
         the file is left out. Without it the error propagates.
+    max_files : int, optional
+        Most files per group.
 
     Yields
     ------
@@ -309,7 +313,11 @@ def audio_batches(
     >>> load = lambda path: torch.zeros(int(path))
     >>> [indices for indices, _ in audio_batches(["3", "4", "9", "1"], load, 8)]
     [[0, 1], [2], [3]]
+    >>> [indices for indices, _ in audio_batches(["1", "1", "1"], load, 8, max_files=2)]
+    [[0, 1], [2]]
     """
+    if max_files is not None and max_files < 1:
+        raise ValueError(f"max_files must be >= 1, got {max_files}")
     indices, waveforms, used = [], [], 0
     for index, path in enumerate(paths):
         try:
@@ -319,7 +327,8 @@ def audio_batches(
                 raise
             on_error(index, error)
             continue
-        if waveforms and used + wav.numel() > max_samples:
+        full = max_files is not None and len(waveforms) >= max_files
+        if waveforms and (full or used + wav.numel() > max_samples):
             yield indices, waveforms
             indices, waveforms, used = [], [], 0
         indices.append(index)

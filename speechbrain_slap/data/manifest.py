@@ -40,9 +40,11 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from speechbrain_slap.outputs import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ SINGLE_FOLD = "all"
 REJECTED_COLUMNS = ("line", "ID", "reason")
 # A preparation's options and per-split counts, beside the manifests it wrote.
 REPORT_FILE = "prepare.json"
+# What a file starts with when git-lfs left a pointer in place of the audio.
+LFS_POINTER = b"version https://git-lfs"
 # As SpeechBrain's load_data_csv spells a variable.
 _VARIABLE = re.compile(r"\$([\w.]+)")
 # Bytes that are not UTF-8 decode to these with errors="surrogateescape".
@@ -259,10 +263,7 @@ def write_rejected(path: str | Path, rejected: Sequence[RejectedRow]) -> None:
     >>> path.read_text().splitlines()
     ['line,ID,reason', '3,b,missing wav']
     """
-    with open(path, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.writer(fout)
-        writer.writerow(REJECTED_COLUMNS)
-        writer.writerows((r.line, r.id, r.reason) for r in rejected)
+    write_csv(path, REJECTED_COLUMNS, ((r.line, r.id, r.reason) for r in rejected))
 
 
 def load_manifest(
@@ -402,21 +403,10 @@ def check_manifest(
 def read_manifest(manifest_csv: str | os.PathLike, data_root: str | None = None) -> list[dict]:
     """Usable rows of a pretraining manifest, in file order, ``$data_root`` replaced in ``wav``.
 
-    Rows are checked as for training (``check_manifest``); rejected rows are
-    left out (``write_shards`` lists them in the index).
-
-    Arguments
-    ---------
-    manifest_csv : str or path
-        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
-    data_root : str, optional
-        Replaces ``$data_root`` in the ``wav`` field.
-
-    Returns
-    -------
-    list of dict
-        One dict per usable row (all columns as strings, ``ID`` included,
-        ``duration`` a float).
+    The first result of ``check_manifest`` (same arguments): the rows it
+    rejects are left out (``write_shards`` lists them in the index). Each row
+    is a dict of all columns as strings, ``ID`` included and ``duration`` a
+    float.
 
     Example
     -------
@@ -505,7 +495,7 @@ def write_rows(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -
     Arguments
     ---------
     path : str or Path
-        CSV file to write (parent folders are created).
+        The manifest (parent folders are created).
     rows : sequence of dict
         One dict per clip.
     columns : sequence of str
@@ -514,7 +504,7 @@ def write_rows(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -
     Returns
     -------
     Path
-        ``path``.
+        The manifest written (whole: ``speechbrain_slap.outputs.write_csv``).
 
     Example
     -------
@@ -532,13 +522,7 @@ def write_rows(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -
         if row["ID"] in seen:
             raise ValueError(f"manifest ID {row['ID']!r} appears twice")
         seen.add(row["ID"])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.DictWriter(fout, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_csv(path, columns, ([row[c] for c in columns] for row in rows))
 
 
 def caption_problem(caption: str) -> str | None:
@@ -664,17 +648,10 @@ def write_caption_manifest(
         captions = CAPTION_SEPARATOR.join(c.strip() for c in clip.captions)
         rows.append((clip.id, f"{clip.duration:.3f}".rstrip("0").rstrip("."), wav, captions))
 
-    manifest_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest_csv, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.writer(fout)
-        writer.writerow(CAPTION_COLUMNS)
-        writer.writerows(rows)
+    write_csv(manifest_csv, CAPTION_COLUMNS, rows)
     skipped_csv = manifest_csv.with_name(f"{manifest_csv.stem}_skipped.csv")
     if skipped:
-        with open(skipped_csv, "w", newline="", encoding="utf-8") as fout:
-            writer = csv.writer(fout)
-            writer.writerow(("ID", "reason"))
-            writer.writerows(skipped)
+        write_csv(skipped_csv, ("ID", "reason"), skipped)
         logger.warning(
             "%s: %d clips skipped (listed in %s), %d written",
             manifest_csv,
@@ -690,6 +667,113 @@ def write_caption_manifest(
         "skipped": len(skipped),
         "skipped_by_reason": dict(Counter(reason for _, reason in skipped)),
     }
+
+
+def probed_clip(
+    clip_id: str,
+    path: str | Path,
+    captions: list[str],
+    skipped: list,
+    duration: float | None = None,
+) -> "CaptionedClip | None":
+    """The ``CaptionedClip`` of an audio file; None, the reason added to ``skipped``, if unusable.
+
+    The duration is read from the file's header
+    (``speechbrain_slap.data.audio.probe_audio``) unless given.
+
+    Arguments
+    ---------
+    clip_id : str
+        The clip's ID.
+    path : str or Path
+        Its audio file.
+    captions : list of str
+        Its captions.
+    skipped : list
+        Collects ``(clip_id, reason)`` of a missing, unreadable or empty file.
+    duration : float, optional
+        Seconds, when the dataset gives them.
+
+    Returns
+    -------
+    CaptionedClip or None
+
+    Example
+    -------
+    >>> skipped = []
+    >>> probed_clip("a", "/no/such/a.wav", ["Rain."], skipped), skipped
+    (None, [('a', 'audio file missing')])
+    """
+    from speechbrain_slap.data.audio import probe_audio  # audio imports torch
+
+    path = Path(path)
+    problem = None if path.is_file() or duration is None else "audio file missing"
+    if duration is None:
+        duration, problem = probe_audio(path)
+    if problem:
+        skipped.append((clip_id, problem))
+        return None
+    return CaptionedClip(clip_id, str(path), duration, captions)
+
+
+def check_audio_pattern(audio_pattern: str, fields: set[str]) -> str:
+    """Checks that a file-name pattern (``str.format``) uses only ``fields``.
+
+    Arguments
+    ---------
+    audio_pattern : str
+        E.g. ``"audio/{source}/{id}.flac"``.
+    fields : set of str
+        The fields a dataset fills in.
+
+    Returns
+    -------
+    str
+        ``audio_pattern``.
+
+    Example
+    -------
+    >>> check_audio_pattern("{split}/{name}.wav", {"split", "id"})
+    Traceback (most recent call last):
+    ...
+    ValueError: audio_pattern '{split}/{name}.wav' uses ['name']; the fields are ['id', 'split']
+    """
+    import string
+
+    used = {name for _, name, _, _ in string.Formatter().parse(audio_pattern) if name}
+    if not used <= fields:
+        raise ValueError(
+            f"audio_pattern {audio_pattern!r} uses {sorted(used - fields)}; "
+            f"the fields are {sorted(fields)}"
+        )
+    return audio_pattern
+
+
+def earlier_preparation(
+    save_folder: str | Path, splits: Sequence[str], options: dict, skip_prep: bool = False
+) -> dict | None:
+    """The report of manifests already prepared with ``options`` (or ``skip_prep``), else None.
+
+    Dataset preparation is skipped then, as SpeechBrain recipes do.
+
+    Arguments
+    ---------
+    save_folder, splits, options
+        As for ``manifests_up_to_date``.
+    skip_prep : bool
+        Prepare nothing (manifests made elsewhere).
+
+    Returns
+    -------
+    dict or None
+        ``read_prepare_report``, or None when the manifests must be written.
+    """
+    if skip_prep:
+        return read_prepare_report(save_folder)
+    if manifests_up_to_date(save_folder, splits, options):
+        logger.info("manifests in %s are up to date, preparation skipped", save_folder)
+        return read_prepare_report(save_folder)
+    return None
 
 
 def manifests_up_to_date(save_folder: str | Path, splits: Sequence[str], options: dict) -> bool:
@@ -779,7 +863,7 @@ def write_labelled_manifest(
     Returns
     -------
     Path
-        ``path``.
+        The manifest (``write_rows``).
 
     Example
     -------
@@ -791,6 +875,79 @@ def write_labelled_manifest(
     ['ID,duration,wav,label,fold,take', 'a,1.0,/d/a.wav,dog,1,A']
     """
     return write_rows(path, rows, [*LABEL_COLUMNS, *extra_fields])
+
+
+def write_labelled_clips(
+    manifest: str | Path,
+    clips: Iterable[tuple[Path, dict]],
+    data_folder: str | Path,
+    extra_fields: Sequence[str] = (),
+) -> Path:
+    """Writes the labelled manifest of a dataset's clips, unless it exists already.
+
+    The zero-shot prepare scripts give the clips they find; this fills in
+    ``duration`` from each file's header (``probe_audio``) and ``wav`` as
+    ``$data_root/<path inside data_folder>``. A file whose header cannot be
+    read is kept with duration 0 (the evaluation skips it and says why) and
+    named in a warning, git-lfs pointer files (a repository downloaded without
+    its audio) as such.
+
+    Arguments
+    ---------
+    manifest : str or Path
+        The manifest to write. When it exists, ``clips`` is not read at all.
+    clips : iterable of (Path, dict)
+        Each clip's audio file and its row: every field of ``LABEL_COLUMNS``
+        and ``extra_fields`` but ``duration`` and ``wav``.
+    data_folder : str or Path
+        The dataset folder (``$data_root``).
+    extra_fields : sequence of str
+        Dataset-specific columns written after the standard ones.
+
+    Returns
+    -------
+    Path
+        The manifest.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "a.wav").write_text("not audio")
+    >>> manifest = write_labelled_clips(
+    ...     folder / "m.csv", [(folder / "a.wav", dict(ID="a", label="dog", fold=1))], folder
+    ... )
+    >>> manifest.read_text().splitlines()[1]
+    'a,0.0,$data_root/a.wav,dog,1'
+    """
+    from speechbrain_slap.data.audio import probe_audio  # audio imports torch
+
+    manifest, data_folder = Path(manifest), Path(data_folder)
+    if manifest.is_file():
+        logger.info("%s exists, skipping preparation", manifest)
+        return manifest
+    rows, unreadable = [], []
+    for path, row in clips:
+        duration, _ = probe_audio(path)
+        if duration is None:
+            unreadable.append(path)
+        wav = f"$data_root/{path.relative_to(data_folder).as_posix()}"
+        rows.append({**row, "duration": 0.0 if duration is None else duration, "wav": wav})
+    if unreadable:
+        logger.warning(
+            "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
+            len(unreadable),
+            ", ".join(str(p) for p in unreadable),
+        )
+        pointers = [p for p in unreadable if p.read_bytes()[: len(LFS_POINTER)] == LFS_POINTER]
+        if pointers:
+            logger.warning(
+                "%d of them are git-lfs pointer files, not audio: fetch the audio with "
+                "`git lfs pull` in the dataset's clone",
+                len(pointers),
+            )
+    write_labelled_manifest(rows, manifest, extra_fields)
+    logger.info("%s: %d clips", manifest, len(rows))
+    return manifest
 
 
 def read_labelled_manifest(

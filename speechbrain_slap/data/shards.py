@@ -51,7 +51,6 @@ Authors
 """
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -69,6 +68,8 @@ import soundfile
 from tqdm import tqdm
 
 from speechbrain_slap.data.manifest import check_manifest, split_captions
+from speechbrain_slap.model_folder.checksums import sha256sum
+from speechbrain_slap.outputs import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    samples, seconds, skipped, durations = 0, 0.0, [], []
+    skipped, durations = [], []
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for index, row in rows:
             key = sample_key(index)
@@ -308,18 +309,9 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
                 continue
             _add_member(tar, f"{key}.json", meta)
             _add_member(tar, f"{key}.flac", flac)
-            samples += 1
-            seconds += duration
             durations.append(duration)
     os.replace(tmp, path)
-    return {
-        "name": path.name,
-        "samples": samples,
-        "seconds": round(seconds, 3),
-        "bytes": path.stat().st_size,
-        "duration_bins": duration_bins(durations),
-        "skipped": skipped,
-    }
+    return _shard_stats(path, durations, skipped)
 
 
 def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dict:
@@ -331,20 +323,17 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
     Example
     -------
     >>> folder = getfixture("tmp_path")
-    >>> soundfile.write(folder / "a.wav", np.zeros(1600, dtype="int16"), 16000)
-    >>> row = {"ID": "a", "duration": 0.1, "wav": str(folder / "a.wav"), "captions": "Silence."}
-    >>> _ = write_shard(folder / "s.tar", [(0, row)], 16000)
-    >>> scan_shard(folder / "s.tar", [(0, row)])["seconds"]
-    0.1
+    >>> gone = {"ID": "a", "duration": 1.0, "wav": str(folder / "gone.wav"), "captions": "Rain."}
+    >>> _ = write_shard(folder / "s.tar", [(0, gone)], 16000)
+    >>> scan_shard(folder / "s.tar", [(0, gone)])["skipped"][0]["reason"]
+    'skipped when the shard was written'
     """
     path = Path(path)
-    samples, seconds, keys, durations = 0, 0.0, set(), []
+    keys, durations = set(), []
     with tarfile.open(path, "r") as tar:
         for member in tar:
             if member.name.endswith(".json"):
                 meta = json.loads(tar.extractfile(member).read())
-                samples += 1
-                seconds += float(meta["duration"])
                 durations.append(float(meta["duration"]))
                 keys.add(member.name.split(".", 1)[0])
     skipped = [
@@ -352,10 +341,15 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
         for index, row in rows
         if sample_key(index) not in keys
     ]
+    return _shard_stats(path, durations, skipped)
+
+
+def _shard_stats(path: Path, durations: list[float], skipped: list[dict]) -> dict:
+    """A shard's index entry (``write_shard``'s return value)."""
     return {
         "name": path.name,
-        "samples": samples,
-        "seconds": round(seconds, 3),
+        "samples": len(durations),
+        "seconds": round(sum(durations), 3),
         "bytes": path.stat().st_size,
         "duration_bins": duration_bins(durations),
         "skipped": skipped,
@@ -363,20 +357,6 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
 
 
 # --------------------------------------------------------------------------- all shards
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fin:
-        for block in iter(lambda: fin.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_index(path: Path, content: dict):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _worker_init():
@@ -450,7 +430,7 @@ def write_shards(
         shuffle_seed,
     )
     config = {
-        "manifest_sha256": _file_sha256(manifest_csv),
+        "manifest_sha256": sha256sum(manifest_csv),
         "max_shard_size": max_shard_size,
         "max_shard_samples": int(max_shard_samples),
         "sample_rate": int(sample_rate),
@@ -473,7 +453,7 @@ def write_shards(
         "data_root": None if data_root is None else str(data_root),
         "sample_rate": int(sample_rate),
     }
-    _write_index(index_path, index)
+    write_json(index_path, index, indent=1)
 
     jobs = [
         (out_dir / SHARD_PATTERN.format(i), [(r, rows[r]) for r in shard])
@@ -527,7 +507,7 @@ def write_shards(
         shards=shards,
         skipped=skipped,
     )
-    _write_index(index_path, index)
+    write_json(index_path, index, indent=1)
     logger.info(
         "%d shards, %d clips, %.1f h of audio in %s; %d rows skipped",
         len(shards),

@@ -631,13 +631,13 @@ class StreamLoader(DataLoader):
 
     Example
     -------
-    >>> from speechbrain_slap.data.synthetic import generate_corpus
-    >>> from speechbrain_slap.data.shards import write_shards
     >>> folder = getfixture("tmp_path")
-    >>> manifests = generate_corpus(folder, n_train=4, n_valid=0, n_test=0, max_duration=4.0,
-    ...                             progress=False)
-    >>> _ = write_shards(manifests["train"], folder / "shards", max_shard_samples=2,
-    ...                  data_root=folder, progress=False)
+    >>> from speechbrain_slap.data.shards import write_shards
+    >>> import soundfile
+    >>> soundfile.write(folder / "quiet.wav", np.zeros(16000, dtype="int16"), 16000)
+    >>> rows = "".join(f"c{i},1.0,{folder}/quiet.wav,Silence.\\n" for i in range(4))
+    >>> _ = (folder / "m.csv").write_text("ID,duration,wav,captions\\n" + rows)
+    >>> _ = write_shards(folder / "m.csv", folder / "shards", max_shard_samples=2, progress=False)
     >>> loader = StreamLoader(ShardStream(folder / "shards", 8.0, 2, max_duration=4.0,
     ...                                   batches_per_epoch=2))
     >>> len(loader), len(list(loader)), loader.epoch, len(list(loader)), loader.epoch

@@ -1060,8 +1060,7 @@ def generate_corpus(
             row, audio = _clip_row(seed, split, index, sample_rate, min_duration, max_duration)
             soundfile.write(audio_folder / f"{row['ID']}.wav", audio, sample_rate, "PCM_16")
             rows.append(row)
-        tmp = manifests[split].with_name(manifests[split].name + ".tmp")
-        os.replace(write_rows(tmp, rows, MANIFEST_FIELDS), manifests[split])
+        write_rows(manifests[split], rows, MANIFEST_FIELDS)  # whole or not at all
         durations = [float(row["duration"]) for row in rows]
         stats[split] = {
             "clips": len(rows),

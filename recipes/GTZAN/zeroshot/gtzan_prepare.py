@@ -23,8 +23,7 @@ import logging
 import re
 from pathlib import Path
 
-from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_manifest
+from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_clips
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +51,14 @@ def prepare_gtzan(data_folder: str | Path, save_folder: str | Path) -> Path:
     Path
         The manifest.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifest = save_folder / MANIFEST_NAME
-    if manifest.is_file():
-        logger.info("%s exists, skipping preparation", manifest)
-        return manifest
+    data_folder = Path(data_folder)
+    return write_labelled_clips(Path(save_folder) / MANIFEST_NAME, _clips(data_folder), data_folder)
 
+
+def _clips(data_folder: Path):
+    """``(file, row)`` of every clip of the genre folders, in name order (read lazily)."""
     root = _genre_root(data_folder)
-    rows, unreadable = [], []
+    found = 0
     for genre_folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(p for p in genre_folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
         for path in files:
@@ -69,31 +68,13 @@ def prepare_gtzan(data_folder: str | Path, save_folder: str | Path) -> Path:
                     f"{path}: expected a name {genre_folder.name}.000NN{path.suffix} "
                     f"in the genre folder {genre_folder.name}/"
                 )
-            duration, _ = probe_audio(path)
-            if duration is None:
-                unreadable.append(str(path))
-            rows.append(
-                {
-                    "ID": path.stem,
-                    "duration": 0.0 if duration is None else duration,
-                    "wav": f"$data_root/{path.relative_to(data_folder).as_posix()}",
-                    "label": genre_folder.name,
-                    "fold": SINGLE_FOLD,
-                }
-            )
-    if not rows:
+            found += 1
+            yield path, {"ID": path.stem, "label": genre_folder.name, "fold": SINGLE_FOLD}
+    if not found:
         raise FileNotFoundError(
             f"no {' or '.join(AUDIO_SUFFIXES)} clip in the genre folders of {root}"
         )
-    if unreadable:
-        logger.warning(
-            "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
-            len(unreadable),
-            ", ".join(unreadable),
-        )
-    write_labelled_manifest(rows, manifest)
-    logger.info("%s: %d clips from %s", manifest, len(rows), root)
-    return manifest
+    logger.info("GTZAN: %d clips from %s", found, root)
 
 
 def _genre_root(data_folder: Path) -> Path:

@@ -21,8 +21,7 @@ import csv
 import logging
 from pathlib import Path
 
-from speechbrain_slap.data.audio import probe_audio
-from speechbrain_slap.data.manifest import write_labelled_manifest
+from speechbrain_slap.data.manifest import write_labelled_clips
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +48,13 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
     Path
         The manifest.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifest = save_folder / MANIFEST_NAME
-    if manifest.is_file():
-        logger.info("%s exists, skipping preparation", manifest)
-        return manifest
+    data_folder = Path(data_folder)
+    clips = _clips(data_folder)
+    return write_labelled_clips(Path(save_folder) / MANIFEST_NAME, clips, data_folder, EXTRA_FIELDS)
 
+
+def _clips(data_folder: Path):
+    """``(file, row)`` of every slice of ``metadata/UrbanSound8K.csv``, checked (read lazily)."""
     meta = data_folder / "metadata" / "UrbanSound8K.csv"
     if not meta.is_file():
         raise FileNotFoundError(
@@ -69,8 +69,7 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
         records = list(enumerate(reader, start=2))
     if not records:
         raise ValueError(f"{meta} lists no slices")
-
-    rows, unreadable, class_names = [], [], {}
+    class_names = {}
     for line, record in records:
         where = f"{meta}, line {line}"
         fold = _fold(record["fold"], where)
@@ -79,34 +78,20 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
             raise ValueError(
                 f"{where}: classID {class_id} is both {class_names[class_id]!r} and {name!r}"
             )
-        relative = Path("audio") / f"fold{fold}" / record["slice_file_name"]
-        path = data_folder / relative
+        path = data_folder / "audio" / f"fold{fold}" / record["slice_file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"{where}: audio file {path} not found")
-        duration, _ = probe_audio(path)
-        if duration is None:
-            unreadable.append(str(path))
-        rows.append(
+        yield (
+            path,
             {
                 "ID": Path(record["slice_file_name"]).stem,
-                "duration": 0.0 if duration is None else duration,
-                "wav": f"$data_root/{relative.as_posix()}",
                 "label": name,
                 "fold": fold,
                 "class_id": class_id,
                 "fsID": record["fsID"],
                 "salience": record["salience"],
-            }
+            },
         )
-    if unreadable:
-        logger.warning(
-            "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
-            len(unreadable),
-            ", ".join(unreadable),
-        )
-    write_labelled_manifest(rows, manifest, EXTRA_FIELDS)
-    logger.info("%s: %d slices", manifest, len(rows))
-    return manifest
 
 
 def _fold(value: str, where: str) -> int:
