@@ -105,8 +105,8 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence])
 
     Example
     -------
-    >>> write_csv(getfixture("tmp_path") / "p.csv", ["ID", "x"], [["a", 1]]).read_text()
-    'ID,x\\r\\na,1\\r\\n'
+    >>> write_csv(getfixture("tmp_path") / "p.csv", ["ID", "x"], [["a", 1]]).read_bytes()
+    b'ID,x\\r\\na,1\\r\\n'
     """
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
