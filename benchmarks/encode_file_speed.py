@@ -4,7 +4,7 @@ For each architecture (``speechbrain_slap/hparams/slap_tiny.yaml``, ``slap_base.
 a model folder with random weights is built the way ``slap export`` builds one:
 the architecture yaml plus the text encoder, caption decoder and CLAP loss of
 ``recipes/pretrain/hparams/pretrain_tiny_synth.yaml`` go through
-``speechbrain_slap.export.inference_yaml``, every module's state dict is saved
+``speechbrain_slap.model_folder.inference_yaml``, every module's state dict is saved
 under its model-folder name, with a SentencePiece tokenizer, ``SHA256SUMS``
 and a README. The folder is then loaded with ``SLAP.from_hparams`` and
 ``encode_file`` is timed on generated WAV files (reading, resampling check,
@@ -42,10 +42,11 @@ from ruamel.yaml import YAML
 
 from speechbrain_slap.data.synthetic import zero_shot_prompts
 from speechbrain_slap.demo import generated_clip
-from speechbrain_slap.export import MODEL_KEYS, inference_yaml, write_checksums
 from speechbrain_slap.hparams import architecture_file
 from speechbrain_slap.inference import SLAP
 from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
+from speechbrain_slap.model_folder import inference_yaml, write_checksums
+from speechbrain_slap.model_folder.export import MODEL_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = {name: architecture_file(f"slap_{name}") for name in ("tiny", "base")}

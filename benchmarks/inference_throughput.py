@@ -1,7 +1,7 @@
 """Inference throughput of ``SLAP.encode_audio_batch`` on the three duration mixes.
 
 Builds a SLAP model folder (the pretraining recipe's yaml, its initial
-weights, ``speechbrain_slap.export.export_model``), loads it with
+weights, ``speechbrain_slap.model_folder.export_model``), loads it with
 ``SLAP.from_hparams`` and times ``encode_audio_batch`` on padded waveform
 batches with the durations of ``encoder_throughput.py``'s mixes (AudioCaps-,
 Clotho- and WavCaps-like). A call covers everything a user pays for: the copy
@@ -58,8 +58,8 @@ def make_model_folder(size: str, workdir: Path) -> Path:
     """
     from hyperpyyaml import load_hyperpyyaml, resolve_references
 
-    from speechbrain_slap.export import export_model
     from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
+    from speechbrain_slap.model_folder import export_model
 
     output = workdir / "recipe_output"
     output.mkdir(parents=True)

@@ -33,7 +33,7 @@ compares the speed of the two.
 Robustness (the README's "Robustness" section lists what was tried):
 
 * Bad items. Batches may list items their loader could not use: manifest
-  batches (``speechbrain_slap.data.manifest.collate_usable``) in
+  batches (``speechbrain_slap.data.pipelines.collate_usable``) in
   ``batch.bad_items``, each named here in a warning; the shard stream in
   ``batch.skipped`` (``StreamLoader`` names them). Both are counted per stage
   and summarised at its end (log, and ``skipped_items`` in the train log). A
@@ -73,7 +73,7 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from speechbrain_slap.data import split_captions
+from speechbrain_slap.data.manifest import split_captions
 from speechbrain_slap.gradient_cache import (
     CachedMicroBatch,
     cached_gradient_product,
@@ -739,7 +739,7 @@ class SLAPBrain(sb.Brain):
         monitor = getattr(self.hparams, "train_monitor", None)
         if monitor is None or len(monitor) == 0:
             return {}
-        from speechbrain_slap.data.manifest import loader_kwargs
+        from speechbrain_slap.data.pipelines import loader_kwargs
 
         kept = (self.eval_audio, self.eval_captions, self.eval_labels)
         self.eval_audio, self.eval_captions, self.eval_labels = [], [], []

@@ -24,7 +24,7 @@ undecodable, empty, NaN/Inf samples) raises
 ``speechbrain_slap.data.audio.AudioLoadError``; the command prints
 ``slap CMD: error: FILE: REASON`` on stderr, lists the file under ``failed``
 in its output, and goes on with the other files. A model folder that cannot be
-used raises ``speechbrain_slap.export.ModelFolderError`` and a bad argument
+used raises ``speechbrain_slap.model_folder.ModelFolderError`` and a bad argument
 ``CommandError``; both stop the command before any file is processed.
 
 Exit codes:
@@ -43,13 +43,14 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from speechbrain_slap import __version__
+from speechbrain_slap.model_folder import model_digest
+from speechbrain_slap.outputs import write_atomic
 
 # Parsing arguments and answering --help import nothing heavy: torch, SpeechBrain
 # and the model code are imported by the subcommand that needs them.
@@ -98,8 +99,8 @@ def positive_float(text: str) -> float:
 
     Example
     -------
-    >>> positive_float("2.5")
-    2.5
+    >>> positive_float("2.5"), positive_float("1e-3")
+    (2.5, 0.001)
     """
     try:
         value = float(text)
@@ -213,33 +214,8 @@ def find_audio_files(root: str | Path, extensions: Sequence[str] = AUDIO_EXTENSI
 # ------------------------------------------------------------------------------ model and files
 
 
-def model_digest(model_folder: str | Path) -> str:
-    """SHA-256 of a model folder's ``SHA256SUMS``: one digest for all its weights.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> _ = (folder / "SHA256SUMS").write_text("")
-    >>> model_digest(folder)[:12]
-    'e3b0c44298fc'
-    """
-    from speechbrain_slap.export import SUMS_FILE, sha256sum
-
-    return sha256sum(Path(model_folder) / SUMS_FILE)
-
-
 def open_model(args: argparse.Namespace):
-    """``SLAP.from_hparams`` of ``--model`` on ``--device`` (checksums verified).
-
-    Arguments
-    ---------
-    args : argparse.Namespace
-        ``model``, ``device``, ``batch_seconds``, ``trust_remote_code`` and ``quiet``.
-
-    Returns
-    -------
-    SLAP
+    """The ``SLAP`` model of ``--model`` on ``--device`` (``model_folder.load_slap``).
 
     Raises
     ------
@@ -250,8 +226,7 @@ def open_model(args: argparse.Namespace):
     """
     import torch
 
-    from speechbrain_slap.export import ModelFolderError
-    from speechbrain_slap.inference import SLAP
+    from speechbrain_slap.model_folder import load_slap
 
     if args.device.startswith("cuda"):
         index = int(args.device.partition(":")[2] or 0)
@@ -262,22 +237,12 @@ def open_model(args: argparse.Namespace):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    try:
-        return SLAP.from_hparams(
-            source=args.model,
-            run_opts={"device": args.device},
-            batch_seconds=args.batch_seconds,
-            trust_remote_code=args.trust_remote_code,
-        )
-    except ModelFolderError:
-        raise
-    except Exception as error:  # anything the folder's yaml or weights can raise
-        message = str(error)
-        if not message.startswith(str(args.model)):  # else it already names the folder
-            message = (
-                f"{args.model}: cannot load this model folder ({type(error).__name__}: {error})"
-            )
-        raise ModelFolderError(message) from error
+    return load_slap(
+        args.model,
+        run_opts={"device": args.device},
+        batch_seconds=args.batch_seconds,
+        trust_remote_code=args.trust_remote_code,
+    )
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
@@ -285,68 +250,35 @@ def progress_enabled(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def report_failure(command: str, error, failed: list[dict]) -> None:
-    """Prints ``slap CMD: error: FILE: REASON`` (an ``AudioLoadError``) and records it."""
-    from tqdm import tqdm
+def run_files(model, files: Sequence[str | Path], work, args: argparse.Namespace):
+    """``evaluation.process_files`` with ``--batch-seconds``, the progress bar and failures named.
 
-    tqdm.write(f"slap {command}: error: {error}", file=sys.stderr)
-    failed.append({"file": error.source, "error": error.reason})
-
-
-def for_each_batch(
-    model,
-    files: Sequence[str | Path],
-    work: Callable[[list[str], list], None],
-    args: argparse.Namespace,
-) -> list[dict]:
-    """Reads ``files`` in batches of about ``--batch-seconds`` of audio; ``work`` each batch.
-
-    A batch closes before it would exceed the budget, so at most the budget
-    plus one file is in memory (a file longer than the budget is a batch of
-    its own). Files that raise ``AudioLoadError`` are reported and skipped.
-
-    Arguments
-    ---------
-    model : SLAP
-        Gives ``load_audio``.
-    files : sequence of str or Path
-        Inputs, processed in this order.
-    work : callable
-        ``work(names, waveforms)`` for each batch of successfully read files.
-    args : argparse.Namespace
-        ``command``, ``batch_seconds`` and ``quiet``.
+    A file that raises ``AudioLoadError`` is reported on stderr as ``slap CMD:
+    error: FILE: REASON`` and listed as ``{"file", "error"}``.
 
     Returns
     -------
-    list of dict
-        ``{"file", "error"}`` of each file that failed.
+    results : list
+        One result of ``work`` per readable file.
+    names : list of str
+        Their files.
+    failed : list of dict
+        The files that could not be read.
     """
     from tqdm import tqdm
 
-    from speechbrain_slap.data.audio import audio_batches
+    from speechbrain_slap.evaluation import process_files
 
     failed = []
-    bar = tqdm(total=len(files), unit="file", file=sys.stderr, disable=not progress_enabled(args))
 
-    def skip(_, error):
-        report_failure(args.command, error, failed)
-        bar.update(1)
+    def report(_, error):
+        tqdm.write(f"slap {args.command}: error: {error}", file=sys.stderr)
+        failed.append({"file": error.source, "error": error.reason})
 
-    budget = args.batch_seconds * model.sample_rate
-    with bar:
-        for indices, waves in audio_batches(files, model.load_audio, budget, skip):
-            work([str(files[i]) for i in indices], waves)
-            bar.update(len(indices))
-    return failed
-
-
-def write_atomic(path: Path, write: Callable) -> None:
-    """Writes ``path`` through a temporary file and a rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fout:
-        write(fout)
-    os.replace(tmp, path)
+    results, read, _ = process_files(
+        model, files, work, args.batch_seconds, progress=progress_enabled(args), on_skip=report
+    )
+    return results, [str(files[i]) for i in read], failed
 
 
 def exit_code(failed: list) -> int:
@@ -373,13 +305,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if sidecar == output:
         raise CommandError(f"-o {output}: the row list goes to {sidecar}; name the array .npy")
     model = open_model(args)
-    rows, names = [], []
-
-    def work(batch_names, waves):
-        rows.append(model.encode_waveforms(waves))
-        names.extend(batch_names)
-
-    failed = for_each_batch(model, args.files, work, args)
+    rows, names, failed = run_files(model, args.files, model.encode_waveforms, args)
     document = {
         "embeddings": str(output) if rows else None,
         "files": names,
@@ -391,11 +317,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         import numpy as np
         import torch
 
-        embeddings = torch.cat(rows).numpy().astype(np.float32)
+        embeddings = torch.stack(rows).numpy().astype(np.float32)
         document["embedding_dim"] = int(embeddings.shape[1])
         write_atomic(output, lambda fout: np.save(fout, embeddings, allow_pickle=False))
-        text = (json.dumps(document, indent=2) + "\n").encode()
-        write_atomic(sidecar, lambda fout: fout.write(text))
+        write_atomic(sidecar, json.dumps(document, indent=2) + "\n")
         summary = f"{len(names)} embeddings -> {output} (row order in {sidecar})"
     else:
         summary = f"no file could be read; {output} not written"
@@ -412,19 +337,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     top_k = min(args.top_k, len(labels))
     model = open_model(args)
     classes = model.label_embeddings(labels, templates)
+
+    def scores(waves):
+        return model.scores_from_embeddings(model.encode_waveforms(waves), classes)
+
+    rows, names, failed = run_files(model, args.files, scores, args)
     results = []
-
-    def work(batch_names, waves):
-        scores = model.scores_from_embeddings(model.encode_waveforms(waves), classes)
-        for name, row in zip(batch_names, scores, strict=True):
-            best, index = row.topk(top_k)
-            top = [
-                {"label": labels[i], "score": float(s), "probability": math.exp(float(s))}
-                for s, i in zip(best.tolist(), index.tolist(), strict=True)
-            ]
-            results.append(dict(file=name, label=top[0]["label"], top_k=top, scores=row.tolist()))
-
-    failed = for_each_batch(model, args.files, work, args)
+    for name, row in zip(names, rows, strict=True):
+        best, index = row.topk(top_k)
+        top = [
+            {"label": labels[i], "score": float(s), "probability": math.exp(float(s))}
+            for s, i in zip(best.tolist(), index.tolist(), strict=True)
+        ]
+        results.append(dict(file=name, label=top[0]["label"], top_k=top, scores=row.tolist()))
     document = {"labels": labels, "templates": templates, "results": results, "failed": failed}
     lines = [
         f"{r['file']}: " + ", ".join(f"{t['label']} ({t['probability']:.3f})" for t in r["top_k"])
@@ -443,13 +368,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CommandError(f"{root}: no audio file ({', '.join(extensions)}) found")
     output = Path(args.output)
     model = open_model(args)
-    rows, paths = [], []
-
-    def work(batch_names, waves):
-        rows.append(model.encode_waveforms(waves))
-        paths.extend(Path(name).relative_to(root).as_posix() for name in batch_names)
-
-    failed = for_each_batch(model, [root / p for p in relative], work, args)
+    rows, names, failed = run_files(
+        model, [root / p for p in relative], model.encode_waveforms, args
+    )
+    paths = [Path(name).relative_to(root).as_posix() for name in names]
     meta = {
         "root": str(root.resolve()),
         "model": str(Path(args.model).resolve()),
@@ -457,14 +379,11 @@ def cmd_index(args: argparse.Namespace) -> int:
         "failed": failed,
     }
     if rows:
-        import numpy as np
         import torch
 
-        from speechbrain_slap.search_index import save_index
+        from speechbrain_slap.search_index import write_index
 
-        embeddings = torch.cat(rows).numpy().astype(np.float32)
-        meta["embedding_dim"] = int(embeddings.shape[1])
-        write_atomic(output, lambda fout: save_index(fout, embeddings, paths, meta))
+        meta = write_index(output, torch.stack(rows).numpy(), paths, root, args.model, failed)
         summary = f"{len(paths)} files indexed -> {output}"
     else:
         summary = f"no file could be read; {output} not written"
@@ -475,39 +394,25 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """``slap search``: the ``k`` indexed files closest to each text query."""
-    import torch
-    from tqdm import tqdm
-
-    from speechbrain_slap.search_index import IndexFileError, load_index
+    from speechbrain_slap.search_index import IndexFileError, load_index, search
 
     try:
-        embeddings, paths, meta = load_index(args.index)
+        load_index(args.index)  # a bad index is a usage error, before the model loads
     except IndexFileError as error:
         raise CommandError(str(error)) from None
     model = open_model(args)
-    digest = model_digest(args.model)
-    if meta.get("model_digest") != digest:
-        tqdm.write(
-            f"slap search: warning: {args.index} was built with another model "
-            f"({meta.get('model')}, SHA256SUMS digest {meta.get('model_digest')}); "
-            f"--model {args.model} has digest {digest}: the scores may be meaningless",
-            file=sys.stderr,
-        )
     try:
-        scores, indices = model.retrieve(list(args.queries), torch.from_numpy(embeddings), args.k)
+        results, meta, warning = search(model, args.index, args.queries, args.k, args.model)
     except ValueError as error:  # e.g. another embedding dimension, an empty query
         raise CommandError(f"{args.index}: {error}") from None
-    results, lines, root = [], [], Path(meta.get("root", ""))
-    for query, row_scores, row_indices in zip(args.queries, scores, indices, strict=True):
-        matches = [
-            {"path": paths[i], "score": float(s)}
-            for s, i in zip(row_scores.tolist(), row_indices.tolist(), strict=True)
-        ]
-        results.append({"query": query, "matches": matches})
-        lines.append(query)
+    if warning:
+        print(f"slap search: warning: {warning}", file=sys.stderr)
+    root, lines = Path(meta.get("root", "")), []
+    for result in results:
+        lines.append(result["query"])
         lines += [
             f"  {rank}. {m['score']:.4f}  {root / m['path']}"
-            for rank, m in enumerate(matches, start=1)
+            for rank, m in enumerate(result["matches"], start=1)
         ]
     emit(args, {"index": str(args.index), "root": meta.get("root"), "results": results}, lines)
     return EXIT_OK
@@ -516,15 +421,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     """``slap caption``: a caption of each file (beam search)."""
     model = open_model(args)
-    results = []
 
-    def work(batch_names, waves):
-        captions = model.caption_waveforms(waves, args.beam_size, args.max_length)
-        results.extend(
-            {"file": n, "caption": c} for n, c in zip(batch_names, captions, strict=True)
-        )
+    def captions(waves):
+        return model.caption_waveforms(waves, args.beam_size, args.max_length)
 
-    failed = for_each_batch(model, args.files, work, args)
+    rows, names, failed = run_files(model, args.files, captions, args)
+    results = [{"file": n, "caption": c} for n, c in zip(names, rows, strict=True)]
     emit(
         args,
         {"results": results, "failed": failed},
@@ -535,7 +437,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``slap export``: a recipe output's best (or given) checkpoint -> model folder."""
-    from speechbrain_slap.export import export_model, verify_checksums
+    from speechbrain_slap.model_folder import export_model, verify_checksums
 
     folder = export_model(args.recipe_output, args.model_folder, args.checkpoint, args.overwrite)
     files = sorted(verify_checksums(folder))
@@ -746,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = logging.StreamHandler(sys.stderr)
         handler.setLevel(logging.WARNING)
         logging.basicConfig(handlers=[handler], format="%(name)s: %(levelname)s: %(message)s")
-    from speechbrain_slap.export import ModelFolderError
+    from speechbrain_slap.model_folder import ModelFolderError
 
     try:
         return args.func(args)

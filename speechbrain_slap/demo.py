@@ -19,6 +19,7 @@ import soundfile
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from speechbrain_slap.data.audio import load_audio
 from speechbrain_slap.lobes.features import pad_waveforms
 from speechbrain_slap.lobes.packing import num_tokens_for_duration
 
@@ -123,8 +124,7 @@ def run_demo(
     for i, duration in enumerate(durations):
         path = out / f"clip_{i}_{duration:g}s.wav"
         soundfile.write(path, generated_clip(duration, seed + i, sample_rate), sample_rate)
-        audio, _ = soundfile.read(path, dtype="float32")
-        waveforms.append(torch.from_numpy(audio))
+        waveforms.append(load_audio(path, sample_rate))
         rows.append(
             dict(file=str(path), duration_s=duration, tokens=num_tokens_for_duration(duration))
         )

@@ -1,6 +1,6 @@
 """``SLAP``: SpeechBrain ``Pretrained`` interface of a SLAP model folder.
 
-Load a folder written by ``slap export`` (see ``speechbrain_slap.export``) and
+Load a folder written by ``slap export`` (see ``speechbrain_slap.model_folder``) and
 embed, classify, search and caption audio of any length and format::
 
     from speechbrain_slap.inference import SLAP
@@ -41,11 +41,11 @@ import torch
 from speechbrain.inference.interfaces import Pretrained
 
 from speechbrain_slap.data.audio import check_waveform, load_audio
-from speechbrain_slap.export import check_yaml_targets, verify_checksums
 from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
 from speechbrain_slap.lobes.packing import PATCH_FRAMES, num_time_patches, unpack_tokens
+from speechbrain_slap.model_folder.loading import check_model_folder
 from speechbrain_slap.prompts import DEFAULT_TEMPLATE, check_templates, prompts_for
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class SLAP(Pretrained):
 
         ``hyperparams.yaml`` is executable configuration: unless
         ``trust_remote_code``, a yaml that builds or calls anything outside
-        ``speechbrain_slap.export.ALLOWED_YAML_TARGETS`` is refused before it is
+        ``speechbrain_slap.model_folder.ALLOWED_YAML_TARGETS`` is refused before it is
         loaded.
 
         Arguments
@@ -157,15 +157,7 @@ class SLAP(Pretrained):
         -------
         SLAP
         """
-        folder = Path(source)
-        if not (folder / hparams_file).is_file():
-            raise FileNotFoundError(
-                f"{source}: not a model folder (no {hparams_file}; SLAP models load from "
-                "local folders)"
-            )
-        check_yaml_targets(folder / hparams_file, trust_remote_code)
-        if verify:
-            verify_checksums(folder)
+        check_model_folder(source, hparams_file, trust_remote_code, verify)
         if kwargs.pop("savedir", None) is not None:
             # SpeechBrain reuses files already in a savedir, which may be older ones.
             logger.info("%s: loaded in place; savedir is not used for local folders", source)
@@ -194,6 +186,16 @@ class SLAP(Pretrained):
             raise ValueError(f"wav_lens must be relative lengths in (0, 1], got {wav_lens}")
         counts = [max(1, min(total, round(float(r) * total))) for r in wav_lens]
         return [check_waveform(wavs[i, :n].cpu(), f"waveform {i}") for i, n in enumerate(counts)]
+
+    @staticmethod
+    def _checked(clips: Sequence, purpose: str) -> list[torch.Tensor]:
+        """1-D float32 CPU waveforms, each checked (``check_waveform``); at least one."""
+        clips = [
+            check_waveform(torch.as_tensor(c).cpu(), f"waveform {i}") for i, c in enumerate(clips)
+        ]
+        if not clips:
+            raise ValueError(f"no audio to {purpose}")
+        return clips
 
     def _windows(self, clips: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
         """All windows of all clips and the clip each window belongs to."""
@@ -242,11 +244,7 @@ class SLAP(Pretrained):
         torch.Tensor
             ``(B, D)`` on the CPU.
         """
-        clips = [
-            check_waveform(torch.as_tensor(c).cpu(), f"waveform {i}") for i, c in enumerate(clips)
-        ]
-        if not clips:
-            raise ValueError("no audio to encode")
+        clips = self._checked(clips, "encode")
         windows, owner = self._windows(clips)
         pooled = []
         for tokens, packed in self._encode_windows(windows):
@@ -455,11 +453,7 @@ class SLAP(Pretrained):
         """
         if "caption_decoder" not in self.mods or not hasattr(self.hparams, "tokenizer"):
             raise RuntimeError("this model folder has no caption decoder and tokenizer")
-        clips = [
-            check_waveform(torch.as_tensor(c).cpu(), f"waveform {i}") for i, c in enumerate(clips)
-        ]
-        if not clips:
-            raise ValueError("no audio to caption")
+        clips = self._checked(clips, "caption")
         windows, owner = self._windows(clips)
         per_window = []
         for tokens, packed in self._encode_windows(windows):

@@ -1,10 +1,13 @@
-"""Figures written by the recipes: training curves and similarity matrices.
+"""Figures written by the recipes and evaluations: training curves, similarities, confusions.
+
+The one module that imports matplotlib (with its file-only ``Agg`` backend).
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+# Count annotations in the confusion-matrix cells stay readable up to this many classes.
+MAX_ANNOTATED_CLASSES = 16
 RETRIEVAL_CURVES = tuple(
     f"{split}_{key}"
     for split in ("valid", "train")
@@ -118,6 +123,67 @@ def plot_similarity(
     ax.set_ylabel("first caption of audio")
     ax.set_title(f"text-audio cosine similarity, first {len(audios)} test clips")
     fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(output_png, dpi=100)
+    plt.close(fig)
+    return Path(output_png)
+
+
+def plot_confusion_matrix(
+    matrix: torch.Tensor | Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    output_png: str | Path,
+    title: str = "",
+) -> Path:
+    """Heat map of a confusion matrix of counts (row = true class, column = prediction).
+
+    Cells are coloured by the share of the true class's clips, so classes of
+    different sizes read alike; up to ``MAX_ANNOTATED_CLASSES`` classes the
+    counts are written in the cells.
+
+    Arguments
+    ---------
+    matrix : torch.Tensor or nested sequence
+        ``(C, C)`` counts.
+    class_names : sequence of str
+        ``C`` names, in class-index order.
+    output_png : str or Path
+        Where to write the figure.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    Path
+        The PNG path.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> png = Path(tempfile.mkdtemp()) / "confusion.png"
+    >>> plot_confusion_matrix([[3, 1], [0, 4]], ["dog", "cat"], png).read_bytes()[1:4]
+    b'PNG'
+    """
+    counts = torch.as_tensor(matrix, dtype=torch.int64)
+    n = len(class_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"matrix must be ({n}, {n}) for {n} class names, got {counts.shape}")
+    shares = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    size = max(5.0, 0.28 * n + 3.0)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(shares.numpy(), interpolation="nearest", cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(n), labels=list(class_names), rotation=90, fontsize=8)
+    ax.set_yticks(range(n), labels=list(class_names), fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= MAX_ANNOTATED_CLASSES:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    color = "white" if shares[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", color=color)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share of the true class")
     fig.tight_layout()
     fig.savefig(output_png, dpi=100)
     plt.close(fig)

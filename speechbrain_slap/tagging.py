@@ -33,15 +33,17 @@ checkpoint with the best value is kept (``select_best: True``) or the last one
 held-out split is only monitored). The test stage writes
 ``<output_folder>/test_results.json``.
 
-``export_tagging_model`` writes a folder that SpeechBrain's stock
-``speechbrain.inference.classifiers.EncoderClassifier.from_hparams`` loads.
+The recipes export the trained model with
+``speechbrain_slap.model_folder.export_tagging_model``, a folder that
+SpeechBrain's stock ``speechbrain.inference.classifiers.EncoderClassifier.from_hparams``
+loads.
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
-import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,10 +51,11 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from speechbrain_slap.export import verify_checksums, write_checksums
+from speechbrain_slap.data.audio import load_audio
 from speechbrain_slap.lobes.features import pad_to_hop
-from speechbrain_slap.lobes.packing import frames_from_relative_lengths
+from speechbrain_slap.lobes.packing import checked_lengths, frames_from_relative_lengths
 from speechbrain_slap.metrics import accuracy, macro_average_precision
+from speechbrain_slap.outputs import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +120,7 @@ def cyclic_roll(x: torch.Tensor, lengths: torch.Tensor, shifts: torch.Tensor) ->
     torch.Size([2, 101, 64])
     """
     batch, total = x.shape[:2]
-    lengths = lengths.to(device=x.device, dtype=torch.long)
-    if lengths.shape != (batch,) or bool((lengths < 1).any() | (lengths > total).any()):
-        raise ValueError(
-            f"lengths must be (batch,) = ({batch},) with values in [1, {total}], "
-            f"got {lengths.tolist()}"
-        )
+    lengths = checked_lengths(lengths, x)
     if shifts.shape != (batch,):
         raise ValueError(f"shifts must have shape ({batch},), got {tuple(shifts.shape)}")
     time = torch.arange(total, device=x.device)[None, :]
@@ -378,74 +376,10 @@ class TaggingBrain(sb.Brain):
         )
         self.test_stats = {"metric": self.metric_name, **stats}
         if sb.utils.distributed.if_main_process():
-            path = Path(self.hparams.output_folder) / "test_results.json"
-            path.write_text(json.dumps(self.test_stats, indent=2) + "\n")
+            path = write_json(
+                Path(self.hparams.output_folder) / "test_results.json", self.test_stats
+            )
             logger.info("test results written to %s", path)
-
-
-# -- loading and export ----------------------------------------------------------
-def load_state_dict_strict(module: torch.nn.Module, path: str | Path) -> None:
-    """Loads a ``torch.save``-d state dict into ``module``, every key required.
-
-    SpeechBrain's default parameter transfer is non-strict: a model folder whose
-    keys do not match would leave the encoder at its random initialisation with
-    only a logged warning. Use this as a ``Pretrainer`` custom hook.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        Module to load into.
-    path : str or Path
-        State-dict file.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> path = tempfile.mkdtemp() + "/linear.ckpt"
-    >>> torch.save(torch.nn.Linear(2, 3).state_dict(), path)
-    >>> module = torch.nn.Linear(2, 3)
-    >>> load_state_dict_strict(module, path)
-    >>> module.weight.shape
-    torch.Size([3, 2])
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise RuntimeError(f"{path} does not match {type(module).__name__}: {error}") from None
-
-
-def load_pretrained_slap(pretrainer, model_folder: str | Path | None) -> bool:
-    """Loads the pretrained parts of a SLAP model folder with SpeechBrain's ``Pretrainer``.
-
-    Arguments
-    ---------
-    pretrainer : speechbrain.utils.parameter_transfer.Pretrainer
-        Its ``paths`` point into ``model_folder`` (e.g. ``audio_encoder.ckpt``,
-        ``audio_pooling.ckpt``).
-    model_folder : str, Path or None
-        The SLAP model folder (the recipe's ``pretrained_model``); None or empty
-        trains from scratch.
-
-    Returns
-    -------
-    bool
-        True if weights were loaded, False when training from scratch.
-    """
-    if not model_folder:
-        logger.info("pretrained_model is empty: training from scratch")
-        return False
-    missing = [str(path) for path in pretrainer.paths.values() if not Path(str(path)).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"pretrained_model {model_folder}: missing {missing}; expected a SLAP model "
-            "folder (audio_encoder.ckpt, audio_pooling.ckpt, ... as `slap export` writes)"
-        )
-    verify_checksums(model_folder)
-    sb.utils.distributed.run_on_main(pretrainer.collect_files)
-    pretrainer.load_collected()
-    logger.info("loaded %s from %s", ", ".join(pretrainer.loadables), model_folder)
-    return True
 
 
 def make_label_encoder(labels: Sequence[str], n_classes: int, source: str) -> CategoricalEncoder:
@@ -484,266 +418,148 @@ def make_label_encoder(labels: Sequence[str], n_classes: int, source: str) -> Ca
     return encoder
 
 
-# Scalars of the tagging yaml that define the exported model's architecture.
-ARCHITECTURE_KEYS = (
-    "sample_rate",
-    "n_mels",
-    "feature_mean",
-    "feature_std",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_hidden",
-    "local_window",
-    "local_attention",
-)
+def one_hot_targets(label_encoder: CategoricalEncoder, column: str):
+    """A data pipeline: the class name in a manifest ``column`` -> one-hot ``targets`` ``(C,)``.
 
-# Files of an exported folder that SHA256SUMS covers.
-CHECKSUMMED_FILES = (
-    "hyperparams.yaml",
-    "embedding_model.ckpt",
-    "classifier.ckpt",
-    "label_encoder.ckpt",
-)
+    Arguments
+    ---------
+    label_encoder : CategoricalEncoder
+        Class name -> index.
+    column : str
+        The manifest column holding the class name.
 
-_EXPORT_YAML = """\
-# ############################################################################
-# {title}
-# SLAP audio encoder + MAP pooling + linear layer, loadable with SpeechBrain's
-# speechbrain.inference.classifiers.EncoderClassifier.from_hparams.
-# Written by speechbrain_slap.tagging.export_tagging_model.
-# ############################################################################
+    Returns
+    -------
+    A SpeechBrain dynamic item (``takes(column)``, ``provides("targets")``).
 
-{scalars}
+    Example
+    -------
+    >>> pipeline = one_hot_targets(make_label_encoder(["dog", "rain"], 2, "toy"), "label")
+    >>> pipeline("rain")
+    tensor([0., 1.])
+    """
+    n_classes = len(label_encoder)
 
-compute_features: !new:speechbrain_slap.lobes.features.SLAPFbank
-    sample_rate: !ref <sample_rate>
-    n_mels: !ref <n_mels>
-    mean: !ref <feature_mean>
-    std: !ref <feature_std>
+    @sb.utils.data_pipeline.takes(column)
+    @sb.utils.data_pipeline.provides("targets")
+    def targets(label):
+        index = torch.tensor(label_encoder.encode_label(label))
+        return torch.nn.functional.one_hot(index, n_classes).float()
 
-# SLAPFbank normalises with fixed statistics already.
-mean_var_norm: !new:speechbrain_slap.lobes.classifier.IdentityNormalization
-
-audio_encoder: !new:speechbrain_slap.lobes.audio_encoder.SLAPAudioEncoder
-    n_mels: !ref <n_mels>
-    embed_dim: !ref <embed_dim>
-    depth: !ref <depth>
-    num_heads: !ref <num_heads>
-    mlp_hidden: !ref <mlp_hidden>
-    local_window: !ref <local_window>
-    local_attention: !ref <local_attention>
-    attention_backend: auto
-
-audio_pooling: !new:speechbrain_slap.lobes.pooling.MAPooling
-    input_size: !ref <embed_dim>
-    num_heads: !ref <num_heads>
-
-embedding_model: !new:speechbrain_slap.lobes.classifier.SLAPEmbedder
-    audio_encoder: !ref <audio_encoder>
-    audio_pooling: !ref <audio_pooling>
-
-# {output_comment}
-classifier: !new:speechbrain_slap.lobes.classifier.LinearClassifier
-    input_size: !ref <embed_dim>
-    n_classes: !ref <n_classes>
-    output: !ref <classifier_output>
-
-label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
-
-audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer
-    sample_rate: !ref <sample_rate>
-
-modules:
-    compute_features: !ref <compute_features>
-    mean_var_norm: !ref <mean_var_norm>
-    embedding_model: !ref <embedding_model>
-    classifier: !ref <classifier>
-
-# Every file is <key>.ckpt next to this file (the default source of from_hparams),
-# so the folder can be moved or uploaded as it is.
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        embedding_model: !ref <embedding_model>
-        classifier: !ref <classifier>
-        label_encoder: !ref <label_encoder>
-"""
+    return targets
 
 
-def export_tagging_model(
+def tagging_datasets(
+    manifests: dict, sample_rate: int, target_pipeline, replacements: dict
+) -> dict:
+    """A ``DynamicItemDataset`` per manifest: ``id``, ``sig`` (checked audio) and ``targets``.
+
+    Arguments
+    ---------
+    manifests : dict
+        Split name -> manifest CSV (``ID, duration, wav`` and the label columns).
+    sample_rate : int
+        Audio is read at this rate (``speechbrain_slap.data.audio.load_audio``).
+    target_pipeline : callable
+        A dynamic item providing ``targets`` (e.g. ``one_hot_targets``).
+    replacements : dict
+        ``$key`` replacements of the manifests, e.g. ``{"data_root": folder}``.
+
+    Returns
+    -------
+    dict
+        Split name -> dataset.
+    """
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return load_audio(wav, sample_rate)
+
+    datasets = {}
+    for split, manifest in manifests.items():
+        dataset = DynamicItemDataset.from_csv(manifest, replacements=replacements)
+        dataset.add_dynamic_item(audio_pipeline)
+        dataset.add_dynamic_item(target_pipeline)
+        dataset.set_output_keys(["id", "sig", "targets"])
+        datasets[split] = dataset
+    return datasets
+
+
+def finetune_tagging(
     hparams: dict,
+    run_opts: dict,
+    datasets: tuple,
     label_encoder: CategoricalEncoder,
-    out_dir: str | Path,
-    title: str = "SLAP audio tagging model",
-    metrics: dict | None = None,
-) -> Path:
-    """Writes a tagging model folder that ``EncoderClassifier.from_hparams`` loads.
+    title: str,
+    sampler=None,
+) -> TaggingBrain:
+    """The tagging recipes' loop: fit, test, export a folder ``EncoderClassifier`` loads.
 
-    The folder holds ``hyperparams.yaml`` (keys ``compute_features``,
-    ``mean_var_norm``, ``embedding_model``, ``classifier``, ``label_encoder``,
-    ``modules``, ``pretrainer``), ``embedding_model.ckpt`` and
-    ``classifier.ckpt`` (CPU state dicts), ``label_encoder.ckpt``
-    (``CategoricalEncoder`` text format), ``SHA256SUMS`` and a
-    ``README.md`` model card. The classifier outputs log-posteriors
-    (``log_softmax``) for single-label models and per-class probabilities
-    (``sigmoid``) for multi-label ones. Before returning, the folder is
-    rebuilt from its own yaml, every weight loaded strictly, and its scores on
-    a test signal compared with the given modules.
-
-    Every file is named ``<loadable>.ckpt``, the name ``from_hparams`` looks
-    for in ``source`` when the pretrainer gives no path, so the folder loads
-    from wherever it is moved or uploaded (a ``label_encoder.txt`` would need
-    an absolute path in the yaml).
+    The learning rate schedule spans the run's optimizer steps
+    (``speechbrain_slap.recipe.set_total_steps``). The valid split selects the
+    checkpoint that is tested when ``select_best`` is set; otherwise it is only
+    monitored and the last epoch is tested. The tested model is exported to
+    ``export_folder`` (``speechbrain_slap.model_folder.export_tagging_model``).
 
     Arguments
     ---------
     hparams : dict
-        The tagging recipe's hparams: ``compute_features`` (``SLAPFbank``),
-        ``embedding_model`` (``SLAPEmbedder``), ``classifier``
-        (``LinearClassifier``), ``multilabel`` and the architecture scalars
-        ``ARCHITECTURE_KEYS`` that built them.
+        The loaded tagging yaml (``train_dataloader_options``,
+        ``eval_dataloader_options``, ``number_of_epochs``, ``select_best``,
+        ``export_folder`` and ``TaggingBrain``'s keys).
+    run_opts : dict
+        SpeechBrain's run options.
+    datasets : tuple
+        ``(train, valid, test)`` datasets (``tagging_datasets``).
     label_encoder : CategoricalEncoder
-        Class index <-> label, one label per classifier output.
-    out_dir : str or Path
-        Folder to write (created; existing files are overwritten).
+        Class index <-> name of the classifier's outputs.
     title : str
-        First line of the model card.
-    metrics : dict, optional
-        Test metrics to list in the model card (e.g. ``test_results.json``).
+        First line of the exported model card.
+    sampler : torch.utils.data.Sampler, optional
+        Draws the training clips (e.g. balanced sampling); default: shuffled.
 
     Returns
     -------
-    The folder path.
+    TaggingBrain
+        The trained Brain (``test_stats`` holds the test metrics).
     """
-    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain_slap.model_folder import export_tagging_model
+    from speechbrain_slap.recipe import batches_per_rank, make_brain, set_total_steps
 
-    required = (
-        *ARCHITECTURE_KEYS,
-        "multilabel",
-        "compute_features",
-        "embedding_model",
-        "classifier",
-    )
-    missing = [key for key in required if key not in hparams]
-    if missing:
-        raise KeyError(f"export_tagging_model: hparams lack {missing}")
-    embedder, classifier = hparams["embedding_model"], hparams["classifier"]
-    n_classes = classifier.linear.out_features
-    if len(label_encoder) != n_classes:
-        raise ValueError(
-            f"label_encoder has {len(label_encoder)} labels but the classifier has "
-            f"{n_classes} outputs"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    output = "sigmoid" if hparams["multilabel"] else "log_softmax"
-    scalars = {key: hparams[key] for key in ARCHITECTURE_KEYS}
-    scalars.update(n_classes=n_classes, classifier_output=output)
-    comment = (
-        "sigmoid: independent per-class probabilities (multi-label)"
-        if hparams["multilabel"]
-        else "log_softmax: log-posteriors over the classes (single-label)"
-    )
-    (out / "hyperparams.yaml").write_text(
-        _EXPORT_YAML.format(
-            title=title,
-            scalars="\n".join(f"{k}: {json.dumps(v)}" for k, v in scalars.items()),
-            output_comment=comment,
-        )
-    )
-    for name, module in (("embedding_model", embedder), ("classifier", classifier)):
-        torch.save({k: v.cpu() for k, v in module.state_dict().items()}, out / f"{name}.ckpt")
-    label_encoder.save(out / "label_encoder.ckpt")
-
-    # Self-check: the folder rebuilds the same model.
-    with open(out / "hyperparams.yaml") as fin:
-        rebuilt = load_hyperpyyaml(fin)
-    for key in ("embedding_model", "classifier"):
-        load_state_dict_strict(rebuilt[key], out / f"{key}.ckpt")
-    _check_same_scores(hparams, rebuilt)
-
-    write_checksums(out, list(CHECKSUMMED_FILES))
-    (out / "README.md").write_text(
-        _model_card(title, scalars, label_encoder, hparams["multilabel"], metrics)
-    )
-    logger.info("tagging model exported to %s", out)
-    return out
-
-
-@torch.no_grad()
-def _check_same_scores(trained: dict, rebuilt: dict) -> None:
-    """Logits of a fixed 1.5 s signal through the trained and the rebuilt modules agree."""
-    wavs = 0.1 * torch.randn(1, 24000, generator=torch.Generator().manual_seed(0))
-    logits = []
-    for hp in (trained, rebuilt):
-        modules = (hp["compute_features"], hp["embedding_model"], hp["classifier"])
-        modes = [module.training for module in modules]
-        for module in modules:
-            module.eval()
-        device = hp["classifier"].linear.weight.device
-        emb = hp["embedding_model"](hp["compute_features"](wavs.to(device)), None)
-        logits.append(hp["classifier"].linear(emb).cpu())
-        for module, mode in zip(modules, modes, strict=True):
-            module.train(mode)
-    if not torch.allclose(logits[0], logits[1], atol=1e-4, rtol=1e-4):
-        raise RuntimeError(
-            "the exported tagging model does not reproduce the trained model's scores "
-            f"(max difference {float((logits[0] - logits[1]).abs().max()):.3g}); check that "
-            f"the yaml keys {ARCHITECTURE_KEYS} are the ones that built the trained modules"
-        )
-
-
-def _model_card(title, scalars, label_encoder, multilabel, metrics) -> str:
-    labels = [label_encoder.ind2lab[i] for i in range(len(label_encoder))]
-    shown = ", ".join(str(label) for label in labels[:20])
-    if len(labels) > 20:
-        shown += f", ... ({len(labels) - 20} more)"
-    kind = "multi-label (sigmoid scores)" if multilabel else "single-label (log-posteriors)"
-    lines = [
-        f"# {title}",
-        "",
-        "A SLAP audio encoder (packed Transformer over 16x16 log-mel patches, "
-        "multi-head attention pooling) fine-tuned with a linear classification layer, "
-        "as in the SLAP paper (Sec. 3.1). Input: 16 kHz mono audio; EncoderClassifier encodes "
-        "a clip whole (no windowing), so use clips up to the 30 s the model was trained on.",
-        "",
-        f"- Task: {kind}, {len(labels)} classes",
-        f"- Classes: {shown}",
-        "- Architecture: "
-        + ", ".join(f"{k}={scalars[k]}" for k in ("embed_dim", "depth", "num_heads", "n_mels")),
-        "",
-        "## Test metrics",
-        "",
-    ]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [
-            f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-            for k, v in metrics.items()
-            if k != "metric"
-        ]
+    train, valid, test = datasets
+    brain = make_brain(TaggingBrain, hparams, run_opts)
+    train_options = dict(hparams["train_dataloader_options"])
+    if sampler is not None:
+        train_options["sampler"] = sampler
+        train_options.pop("shuffle", None)
+        brain.train_sampler = sampler  # SpeechBrain calls its set_epoch: each epoch draws anew
     else:
-        lines.append("Not evaluated.")
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from speechbrain.inference.classifiers import EncoderClassifier",
-        "",
-        'model = EncoderClassifier.from_hparams(source="PATH/TO/THIS/FOLDER", savedir="tmp")',
-        'scores, best_score, index, label = model.classify_file("clip.wav")',
-        "```",
-        "",
-        "`classify_batch(wavs, wav_lens)` takes a padded 16 kHz batch. The package "
-        "`speechbrain-slap` must be installed (the modules come from it).",
-        "",
-        "## Files",
-        "",
-        "- `hyperparams.yaml`: the model definition (SpeechBrain HyperPyYAML)",
-        "- `embedding_model.ckpt`, `classifier.ckpt`: state dicts",
-        "- `label_encoder.ckpt`: class index <-> label (SpeechBrain CategoricalEncoder)",
-        "- `SHA256SUMS`: check with `sha256sum -c SHA256SUMS`",
-        "",
-    ]
-    return "\n".join(lines)
+        train_options["shuffle"] = True
+    n_train = len(sampler) if sampler is not None else len(train)
+    batches = batches_per_rank(math.ceil(n_train / train_options["batch_size"]))
+    set_total_steps(hparams, batches, brain.grad_accumulation_factor, schedules=("lr_schedule",))
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train,
+        valid,
+        train_loader_kwargs=train_options,
+        valid_loader_kwargs=hparams["eval_dataloader_options"],
+    )
+    brain.evaluate(
+        test,
+        max_key=brain.metric_name if hparams["select_best"] else None,
+        test_loader_kwargs=hparams["eval_dataloader_options"],
+    )
+    sb.utils.distributed.run_on_main(
+        export_tagging_model,
+        kwargs={
+            "hparams": hparams,
+            "label_encoder": label_encoder,
+            "out_dir": hparams["export_folder"],
+            "title": title,
+            "metrics": brain.test_stats,
+        },
+    )
+    return brain

@@ -153,6 +153,6 @@ def recipe_output(tmp_path_factory):
 @pytest.fixture(scope="session")
 def slap_model_folder(recipe_output, tmp_path_factory):
     """A SLAP model folder exported from ``recipe_output`` with ``export_model``."""
-    from speechbrain_slap.export import export_model
+    from speechbrain_slap.model_folder import export_model
 
     return export_model(recipe_output, tmp_path_factory.mktemp("models") / "slap_tiny")

@@ -29,17 +29,15 @@ Authors
 
 import csv
 import logging
-import string
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechbrain_slap.retrieval import (
-    CaptionedClip,
-    manifests_up_to_date,
-    probe_audio,
-    read_prepare_report,
+from speechbrain_slap.data.manifest import (
+    check_audio_pattern,
+    earlier_preparation,
+    probed_clip,
     save_prepare_report,
-    write_manifest,
+    write_caption_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,26 +79,15 @@ def prepare_audiocaps(
     dict
         ``{split: {"clips", "captions", "skipped", "skipped_by_reason"}}``.
     """
-    if skip_prep:
-        return read_prepare_report(save_folder)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown AudioCaps splits {unknown}; expected some of {list(SPLITS)}")
-    fields = {name for _, name, _, _ in string.Formatter().parse(audio_pattern) if name}
-    if not fields <= PATTERN_FIELDS:
-        raise ValueError(
-            f"audio_pattern {audio_pattern!r} uses {sorted(fields - PATTERN_FIELDS)}; "
-            f"the fields are {sorted(PATTERN_FIELDS)}"
-        )
+    check_audio_pattern(audio_pattern, PATTERN_FIELDS)
     csv_folder = Path(csv_folder or data_folder)
-    options = {
-        "data_folder": data_folder,
-        "csv_folder": csv_folder,
-        "audio_pattern": audio_pattern,
-    }
-    if manifests_up_to_date(save_folder, splits, options):
-        logger.info("AudioCaps manifests in %s are up to date, preparation skipped", save_folder)
-        return read_prepare_report(save_folder)
+    options = {"data_folder": data_folder, "csv_folder": csv_folder, "audio_pattern": audio_pattern}
+    earlier = earlier_preparation(save_folder, splits, options, skip_prep)
+    if earlier is not None:
+        return earlier
 
     report = {}
     for split in splits:
@@ -111,13 +98,9 @@ def prepare_audiocaps(
             relative = audio_pattern.format(
                 split=SPLITS[split], youtube_id=youtube_id, start_time=start_time
             )
-            path = Path(data_folder) / relative
-            duration, problem = probe_audio(path)
-            if problem:
-                skipped.append((clip_id, problem))
-            else:
-                clips.append(CaptionedClip(clip_id, str(path), duration, captions))
-        report[split] = write_manifest(
+            clip = probed_clip(clip_id, Path(data_folder) / relative, captions, skipped)
+            clips += [clip] if clip else []
+        report[split] = write_caption_manifest(
             Path(save_folder) / f"{split}.csv", clips, data_folder, skipped
         )
         logger.info("AudioCaps %s: %s", split, report[split])

@@ -32,13 +32,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechbrain_slap.retrieval import (
-    CaptionedClip,
-    manifests_up_to_date,
-    probe_audio,
-    read_prepare_report,
+from speechbrain_slap.data.manifest import (
+    earlier_preparation,
+    probed_clip,
     save_prepare_report,
-    write_manifest,
+    write_caption_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,15 +70,13 @@ def prepare_clotho(
     dict
         ``{split: {"clips", "captions", "skipped", "skipped_by_reason"}}``.
     """
-    if skip_prep:
-        return read_prepare_report(save_folder)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown Clotho splits {unknown}; expected some of {list(SPLITS)}")
     options = {"data_folder": data_folder}
-    if manifests_up_to_date(save_folder, splits, options):
-        logger.info("Clotho manifests in %s are up to date, preparation skipped", save_folder)
-        return read_prepare_report(save_folder)
+    earlier = earlier_preparation(save_folder, splits, options, skip_prep)
+    if earlier is not None:
+        return earlier
 
     report = {}
     for split in splits:
@@ -89,14 +85,10 @@ def prepare_clotho(
         for file_name, captions in read_captions(
             Path(data_folder) / f"clotho_captions_{folder}.csv"
         ):
-            clip_id = Path(file_name).stem
             path = Path(data_folder) / folder / file_name
-            duration, problem = probe_audio(path)
-            if problem:
-                skipped.append((clip_id, problem))
-            else:
-                clips.append(CaptionedClip(clip_id, str(path), duration, captions))
-        report[split] = write_manifest(
+            clip = probed_clip(Path(file_name).stem, path, captions, skipped)
+            clips += [clip] if clip else []
+        report[split] = write_caption_manifest(
             Path(save_folder) / f"{split}.csv", clips, data_folder, skipped
         )
         logger.info("Clotho %s: %s", split, report[split])

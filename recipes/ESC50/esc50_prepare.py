@@ -27,7 +27,8 @@ import json
 import logging
 from pathlib import Path
 
-import soundfile
+from speechbrain_slap.data.audio import probe_duration
+from speechbrain_slap.data.manifest import write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,7 @@ def prepare_esc50(data_folder: str | Path, save_folder: str | Path) -> Path:
         raise ValueError(f"{meta} lists no clips")
     _check_classes([(int(r["target"]), r["category"]) for r in rows], str(meta))
 
-    save_folder.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="") as fout:
-        writer = csv.DictWriter(fout, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(manifest, rows, MANIFEST_COLUMNS)
     options_file.write_text(json.dumps(options))
     logger.info("%s: %d clips", manifest, len(rows))
     return manifest
@@ -108,7 +105,7 @@ def _manifest_row(record: dict, data_folder: Path, where: str) -> dict:
         raise FileNotFoundError(f"{where}: audio file {path} not found")
     return {
         "ID": Path(filename).stem,
-        "duration": f"{soundfile.info(str(path)).duration:.3f}",
+        "duration": f"{probe_duration(path):.3f}",
         "wav": f"$data_root/audio/{filename}",
         "fold": fold,
         "target": target,

@@ -37,7 +37,6 @@ Authors
 import csv
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -48,17 +47,13 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_slap.brain import SLAPBrain
-from speechbrain_slap.data import split_captions
 from speechbrain_slap.data.audio import AudioLoadError, load_audio
-from speechbrain_slap.data.manifest import (
-    dataio_prepare,
-    load_manifest,
-    loader_kwargs,
-    validate_manifest,
-)
+from speechbrain_slap.data.manifest import load_manifest, split_captions, validate_manifest
+from speechbrain_slap.data.pipelines import dataio_prepare, loader_kwargs
 from speechbrain_slap.data.stream import ShardStream, StreamLoader
 from speechbrain_slap.frame_probe import frame_features, linear_probe
 from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
+from speechbrain_slap.recipe import batches_per_rank, set_total_steps
 
 logger = logging.getLogger(__name__)
 
@@ -224,12 +219,8 @@ if __name__ == "__main__":
         train_data = datasets["train"]
         train_kwargs = loader_kwargs(train_data, hparams, train=True)
         # Under DDP every rank trains on its share of the sampler's batches.
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        world_size = torch.distributed.get_world_size() if distributed else 1
-        batches_per_epoch = math.ceil(len(train_kwargs["batch_sampler"]) / world_size)
-    steps = batches_per_epoch * hparams["number_of_epochs"] // hparams["grad_accumulation_factor"]
-    hparams["lr_schedule"].total_steps = max(steps, 1)
-    hparams["teacher"].total_steps = max(steps, 1)
+        batches_per_epoch = batches_per_rank(len(train_kwargs["batch_sampler"]))
+    set_total_steps(hparams, batches_per_epoch, hparams["grad_accumulation_factor"])
 
     brain = SLAPBrain(
         modules=hparams["modules"],

@@ -1,15 +1,9 @@
-"""Data for SLAP: manifests, the embedded synthetic corpus, caption fields."""
+"""Data for SLAP: audio reading, manifests, dataset pipelines, shards, the embedded corpus.
 
-# A manifest's ``captions`` field holds every caption of a clip joined by this.
-CAPTION_SEPARATOR = " | "
-
-
-def split_captions(captions: str) -> list[str]:
-    """The captions of one clip from a manifest's ``captions`` field.
-
-    Example
-    -------
-    >>> split_captions("A dog barks. | Barking.")
-    ['A dog barks.', 'Barking.']
-    """
-    return [c.strip() for c in captions.split(CAPTION_SEPARATOR) if c.strip()]
+* ``audio``: the one audio reader (files, shard bytes, duration probe).
+* ``manifest``: reading, checking and writing manifests.
+* ``pipelines``: SpeechBrain datasets and loaders over caption manifests.
+* ``batching``: batches by summed seconds.
+* ``shards`` and ``stream``: WebDataset shards, written and streamed.
+* ``synthetic`` and ``espeak``: generated corpora.
+"""

@@ -1,14 +1,22 @@
-"""Reading audio for inference: any soundfile format, any rate, any channel count.
+"""Reading audio: any soundfile format, any rate, any channel count.
 
-``load_audio`` is the one entry point of the inference interface and the
-``slap`` command. Everything that can go wrong with a file raises
-``AudioLoadError``, whose message names the file and what was wrong, so a
-caller can skip one bad file and go on with the others.
+The one place where the package decodes audio. ``load_audio`` reads a file
+(the inference interface, the ``slap`` command, the training pipelines, the
+shard writer), ``decode_audio`` the encoded bytes of a WebDataset shard
+(the training stream); both mix to mono, check the samples and resample with
+``resample``. ``probe_audio`` reads a file's duration from its header (the
+dataset preparation scripts), and ``audio_batches`` reads files in groups of a
+budget of samples (the evaluators and the ``slap`` command).
+
+Everything that can go wrong with an input raises ``AudioLoadError``, whose
+message names the input and what was wrong, so a caller can skip one bad file
+and go on with the others.
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
+import io
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -76,8 +84,8 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     """Reads an audio file as a mono float32 waveform at ``sample_rate``.
 
     Any format libsndfile reads (WAV, FLAC, OGG/Vorbis, MP3, ...), any sample
-    rate (resampled with ``torchaudio.functional.resample``), any channel count
-    (channels averaged). Integer files are scaled to [-1, 1].
+    rate (``resample``), any channel count (channels averaged). Integer files
+    are scaled to [-1, 1].
 
     Arguments
     ---------
@@ -112,14 +120,117 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
         raise AudioLoadError(source, "file not found")
     if not path.is_file():
         raise AudioLoadError(source, "not a file")
+    return _decode(str(path), source, sample_rate)
+
+
+def decode_audio(data: bytes, source: str, sample_rate: int = 16000) -> torch.Tensor:
+    """Decodes encoded audio bytes (e.g. a shard's FLAC member) as ``load_audio`` reads files.
+
+    Arguments
+    ---------
+    data : bytes
+        The encoded audio (any format libsndfile reads).
+    source : str
+        Names the input in error messages (e.g. ``shard-000000.tar/000000042.flac``).
+    sample_rate : int
+        Output sample rate in Hz.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_samples,)`` float32 mono waveform.
+
+    Raises
+    ------
+    AudioLoadError
+        Bytes libsndfile cannot decode, no samples, or NaN/Inf samples.
+
+    Example
+    -------
+    >>> buffer = io.BytesIO()
+    >>> soundfile.write(buffer, np.zeros(800, dtype="int16"), 8000, format="FLAC")
+    >>> decode_audio(buffer.getvalue(), "a.flac").shape
+    torch.Size([1600])
+    >>> decode_audio(b"not audio", "b.flac")
+    Traceback (most recent call last):
+    ...
+    speechbrain_slap.data.audio.AudioLoadError: b.flac: cannot decode audio (...)
+    """
+    return _decode(io.BytesIO(data), source, sample_rate)
+
+
+def _decode(file, source: str, sample_rate: int) -> torch.Tensor:
+    """Mono, checked, resampled waveform of a path or a file object libsndfile reads."""
     try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        audio, rate = soundfile.read(file, dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile's errors, and TypeError for headerless files
         raise AudioLoadError(source, f"cannot decode audio ({error})") from None
     if audio.size == 0:
         raise AudioLoadError(source, "no audio samples")
     wav = check_waveform(torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1))), source)
     return resample(wav, rate, sample_rate)
+
+
+def probe_duration(path: str | Path) -> float:
+    """Seconds of an audio file from its header (nothing is decoded).
+
+    Arguments
+    ---------
+    path : str or Path
+        The audio file.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    AudioLoadError
+        ``audio file missing``, ``unreadable audio (...)`` or ``empty audio``.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "half_second.wav"
+    >>> soundfile.write(path, np.zeros(11025), 22050)
+    >>> probe_duration(path)
+    0.5
+    """
+    source = str(path)
+    path = Path(path)
+    if not path.is_file():
+        raise AudioLoadError(source, "audio file missing")
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, ValueError, EOFError) as error:  # soundfile.LibsndfileError
+        raise AudioLoadError(source, f"unreadable audio ({error})") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioLoadError(source, "empty audio")
+    return info.frames / info.samplerate
+
+
+def probe_audio(path: str | Path) -> tuple[float | None, str | None]:
+    """``probe_duration`` for callers that list unusable files instead of stopping.
+
+    Arguments
+    ---------
+    path : str or Path
+        As for ``probe_duration``.
+
+    Returns
+    -------
+    (float, None) or (None, str)
+        ``(seconds, None)``, or ``(None, reason)`` for a missing, unreadable
+        or empty file.
+
+    Example
+    -------
+    >>> probe_audio("/no/such/clip.wav")
+    (None, 'audio file missing')
+    """
+    try:
+        return probe_duration(path), None
+    except AudioLoadError as error:
+        return None, error.reason
 
 
 # torchaudio's resampling kernel has (new / g) x (orig / g) taps, g = gcd of the rates:
@@ -168,11 +279,13 @@ def audio_batches(
     load: Callable[[str | Path], torch.Tensor],
     max_samples: float,
     on_error: Callable[[int, AudioLoadError], None] | None = None,
+    max_files: int | None = None,
 ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """Reads files in order and groups them by a budget of audio samples.
 
-    A group closes before it would exceed ``max_samples``, so at most the
-    budget plus one file is in memory (a longer file is a group of its own).
+    A group closes before it would exceed ``max_samples`` (or hold more than
+    ``max_files`` files), so at most the budget plus one file is in memory (a
+    longer file is a group of its own).
 
     Arguments
     ---------
@@ -186,6 +299,8 @@ def audio_batches(
     on_error : callable, optional
         ``on_error(index, error)`` for a file that raised ``AudioLoadError``;
         the file is left out. Without it the error propagates.
+    max_files : int, optional
+        Most files per group.
 
     Yields
     ------
@@ -198,7 +313,11 @@ def audio_batches(
     >>> load = lambda path: torch.zeros(int(path))
     >>> [indices for indices, _ in audio_batches(["3", "4", "9", "1"], load, 8)]
     [[0, 1], [2], [3]]
+    >>> [indices for indices, _ in audio_batches(["1", "1", "1"], load, 8, max_files=2)]
+    [[0, 1], [2]]
     """
+    if max_files is not None and max_files < 1:
+        raise ValueError(f"max_files must be >= 1, got {max_files}")
     indices, waveforms, used = [], [], 0
     for index, path in enumerate(paths):
         try:
@@ -208,7 +327,8 @@ def audio_batches(
                 raise
             on_error(index, error)
             continue
-        if waveforms and used + wav.numel() > max_samples:
+        full = max_files is not None and len(waveforms) >= max_files
+        if waveforms and (full or used + wav.numel() > max_samples):
             yield indices, waveforms
             indices, waveforms, used = [], [], 0
         indices.append(index)

@@ -1,73 +1,86 @@
-"""Caption manifests for training: checked rows, audio and caption pipelines, duration batches.
+"""Manifests: the one place where they are read, checked and written.
 
-A *caption manifest* is a SpeechBrain CSV with ``ID, duration, wav, captions``
-(``wav`` may start with ``$data_root``; ``captions`` holds every caption of a
-clip joined by ``speechbrain_slap.data.CAPTION_SEPARATOR``; other columns, such
-as ``sound_type``, are kept). The pretraining recipe and the fine-tuning
-recipes (AudioCaps, Clotho, WavCaps) read their manifests through this module.
+Every manifest is a SpeechBrain CSV whose first columns are ``ID, duration,
+wav`` (``wav`` may start with ``$data_root``, which ``data_folder`` replaces
+when the manifest is read; only ``wav`` has it replaced, so a caption may hold
+a ``$``). Two kinds:
 
-Training runs for days over millions of files, so one bad item must not stop
-it. Bad items are skipped, counted and named, in two places:
+* **Caption manifests** (``CAPTION_COLUMNS``: ``ID, duration, wav,
+  captions``), where ``captions`` holds every caption of a clip joined by
+  ``CAPTION_SEPARATOR``; other columns, such as ``sound_type``, are kept.
+  Pretraining, the fine-tuning recipes (AudioCaps, Clotho, WavCaps), the
+  retrieval and captioning evaluations and the shard writer read them; the
+  prepare scripts write them with ``write_caption_manifest``.
+* **Labelled manifests** (``LABEL_COLUMNS``: ``ID, duration, wav, label,
+  fold``) of the zero-shot classification recipes (``write_labelled_manifest``,
+  ``read_labelled_manifest``); the tagging recipes' manifests are written with
+  the same ``write_rows``.
 
-* **Rows** are checked before the dataset is built (``validate_manifest``): a
-  row with a missing ID or wav, a missing, non-numeric, non-finite or
-  non-positive duration, no caption (empty or whitespace), a duplicate ID,
-  the wrong number of fields, or bytes that are not UTF-8 is left out. The
-  file is decoded with ``errors="surrogateescape"``, so a bad byte spoils its
-  row only. ``dataio_prepare`` writes the rejected rows with their
-  reasons to ``<output_folder>/<split>_rejected.csv`` and logs how many, with
-  the first few IDs.
-* **Audio** is checked when it is read (``speechbrain_slap.data.audio.load_audio``:
-  missing, empty, truncated or undecodable files, NaN or Inf samples). The
-  audio pipeline then returns an ``UnusableItem`` marker instead of a
-  waveform, and ``collate_usable`` (the DataLoader's ``collate_fn``) drops the
-  marked items and lists them on the batch as ``batch.bad_items``
-  (``[(ID, reason), ...]``). Collation runs in the DataLoader workers; the
-  batch carries the list to the main process, where ``SLAPBrain`` logs each
-  item and counts them per epoch. A batch with no usable item is an
-  ``EmptyBatch`` (length 0), whose step ``SLAPBrain`` skips.
+Training runs for days over millions of files, so one bad row must not stop
+it. ``validate_manifest`` checks every row before a dataset is built: a row
+with a missing ID or wav, a missing, non-numeric, non-finite or non-positive
+duration, no caption (empty or whitespace), a duplicate ID, the wrong number
+of fields, or bytes that are not UTF-8 is left out (the file is decoded with
+``errors="surrogateescape"``, so a bad byte spoils its row only);
+``load_manifest`` writes the rejected rows with their reasons to a CSV and
+logs how many, with the first few IDs. The evaluations read with the same
+checks but stop at a bad row (``read_clips``): an evaluation split must be
+scored whole. Audio is checked where it is read (``speechbrain_slap.data.audio``).
 
-Captions of any length are accepted: the caption tokenizer and the text
-encoder truncate (``max_caption_tokens``, the text encoder's ``max_length``).
-Unlike SpeechBrain's ``load_data_csv``, only the ``wav`` field has ``$data_root``
-replaced, so a caption may hold a ``$``.
+Nothing here imports torch: the shard writer's processes read manifests too.
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
 import csv
+import json
 import logging
 import math
-import random
+import os
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import speechbrain as sb
-import torch
-from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.utils.distributed import if_main_process
-
-from speechbrain_slap.data import split_captions
-from speechbrain_slap.data.audio import AudioLoadError, load_audio
-from speechbrain_slap.data.batching import DurationBatchSampler
-from speechbrain_slap.lobes.caption_decoder import encode_captions
+from speechbrain_slap.outputs import write_csv
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("ID", "duration", "wav", "captions")
+# A caption manifest's ``captions`` field holds every caption of a clip joined by this.
+CAPTION_SEPARATOR = " | "
+CAPTION_COLUMNS = ("ID", "duration", "wav", "captions")
+LABEL_COLUMNS = ("ID", "duration", "wav", "label", "fold")
+# The fold of every clip of a dataset without official folds.
+SINGLE_FOLD = "all"
 REJECTED_COLUMNS = ("line", "ID", "reason")
-# What dataio_prepare's pipelines provide; a manifest column of one of these names is dropped.
-PIPELINE_OUTPUTS = ("sig", "caption", "tokens_in", "tokens_out", "label")
+# A preparation's options and per-split counts, beside the manifests it wrote.
+REPORT_FILE = "prepare.json"
+# What a file starts with when git-lfs left a pointer in place of the audio.
+LFS_POINTER = b"version https://git-lfs"
 # As SpeechBrain's load_data_csv spells a variable.
 _VARIABLE = re.compile(r"\$([\w.]+)")
 # Bytes that are not UTF-8 decode to these with errors="surrogateescape".
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 # IDs named in the log when rows or items are skipped (all of them go to the CSV).
 LOGGED_IDS = 5
+# SpeechBrain's CSV reader replaces ``$name`` in every field (load_data_csv).
+_CSV_VARIABLE = re.compile(r"\$[\w.]")
+
+
+def split_captions(captions: str) -> list[str]:
+    """The captions of one clip from a manifest's ``captions`` field.
+
+    Example
+    -------
+    >>> split_captions("A dog barks. | Barking.")
+    ['A dog barks.', 'Barking.']
+    """
+    return [c.strip() for c in captions.split(CAPTION_SEPARATOR) if c.strip()]
+
+
+# --------------------------------------------------------------------- checking rows
 
 
 @dataclass
@@ -197,11 +210,11 @@ def validate_manifest(
 def _validate_rows(reader: csv.DictReader, csv_path: Path, data_folder) -> tuple[dict, list]:
     columns = reader.fieldnames
     if not columns:
-        raise ValueError(f"{csv_path}: no header; expected columns {MANIFEST_COLUMNS}")
-    missing = [name for name in MANIFEST_COLUMNS if name not in columns]
+        raise ValueError(f"{csv_path}: no header; expected columns {CAPTION_COLUMNS}")
+    missing = [name for name in CAPTION_COLUMNS if name not in columns]
     if missing:
         raise ValueError(
-            f"{csv_path}: no column {missing}; a caption manifest has {MANIFEST_COLUMNS}"
+            f"{csv_path}: no column {missing}; a caption manifest has {CAPTION_COLUMNS}"
         )
     replacements = {"data_root": str(data_folder)}
     rows, first_line, rejected = {}, {}, []
@@ -250,10 +263,7 @@ def write_rejected(path: str | Path, rejected: Sequence[RejectedRow]) -> None:
     >>> path.read_text().splitlines()
     ['line,ID,reason', '3,b,missing wav']
     """
-    with open(path, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.writer(fout)
-        writer.writerow(REJECTED_COLUMNS)
-        writer.writerows((r.line, r.id, r.reason) for r in rejected)
+    write_csv(path, REJECTED_COLUMNS, ((r.line, r.id, r.reason) for r in rejected))
 
 
 def load_manifest(
@@ -292,6 +302,8 @@ def load_manifest(
     (['a'], '3,b,missing duration')
     """
     rows, rejected = validate_manifest(csv_path, data_folder)
+    from speechbrain.utils.distributed import if_main_process  # SpeechBrain imports torch
+
     if rejected_csv is not None and if_main_process():
         if rejected:
             write_rejected(rejected_csv, rejected)
@@ -314,323 +326,689 @@ def load_manifest(
     return rows
 
 
-class UnusableItem:
-    """What the audio pipeline returns instead of a waveform for audio it cannot use.
+# --------------------------------------------------------------------- reading
+
+
+# Stands for $data_root when none is given; no path holds it (validate_manifest then
+# finds no unknown variable, and the rows that needed data_root are told apart).
+_NO_DATA_ROOT = "\x00data_root\x00"
+
+
+def check_manifest(
+    manifest_csv: str | os.PathLike, data_root: str | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Usable rows of a pretraining manifest and the rejected ones, with their reasons.
+
+    The checks are the training manifest's
+    (``validate_manifest``): missing ID, wav or
+    caption, a duration that is missing, non-numeric, non-finite or not
+    positive, a duplicate ID, the wrong number of fields, bytes that are not
+    UTF-8. Only ``wav`` has ``$data_root`` replaced, so a caption may hold a
+    ``$``.
 
     Arguments
     ---------
-    reason : str
-        What was wrong (``AudioLoadError.reason``).
-
-    Example
-    -------
-    >>> UnusableItem("file not found").reason
-    'file not found'
-    """
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"UnusableItem({self.reason!r})"
-
-
-class EmptyBatch:
-    """A batch none of whose items could be used: length 0, and the items' ``bad_items``.
-
-    Arguments
-    ---------
-    bad_items : list of (str, str)
-        ``(ID, reason)`` of every item of the batch.
-
-    Example
-    -------
-    >>> batch = EmptyBatch([("a", "file not found")])
-    >>> len(batch), batch.bad_items
-    (0, [('a', 'file not found')])
-    """
-
-    batchsize = 0
-
-    def __init__(self, bad_items: list[tuple[str, str]]):
-        self.bad_items = list(bad_items)
-
-    def __len__(self) -> int:
-        return 0
-
-    def to(self, *args, **kwargs) -> "EmptyBatch":
-        """Nothing to move (``PaddedBatch.to``'s interface)."""
-        return self
-
-    def pin_memory(self) -> "EmptyBatch":
-        """Nothing to pin (``PaddedBatch.pin_memory``'s interface)."""
-        return self
-
-
-def collate_usable(examples: Sequence[dict]) -> PaddedBatch | EmptyBatch:
-    """``PaddedBatch`` of the usable examples; the others listed as ``batch.bad_items``.
-
-    An example is unusable when its ``sig`` is an ``UnusableItem``.
-
-    Arguments
-    ---------
-    examples : sequence of dict
-        Examples of a ``DynamicItemDataset`` with ``id`` and ``sig`` keys.
+    manifest_csv : str or path
+        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
+    data_root : str, optional
+        Replaces ``$data_root`` in the ``wav`` field.
 
     Returns
     -------
-    PaddedBatch or EmptyBatch
-        With ``bad_items``: ``[(ID, reason), ...]`` of the dropped examples.
+    rows : list of dict
+        As ``read_manifest``.
+    rejected : list of dict
+        ``{"id", "wav", "line", "reason"}`` of each rejected row, in file order.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such manifest.
+    ValueError
+        A required column is missing, or ``wav`` uses ``$data_root`` and no
+        ``data_root`` is given.
 
     Example
     -------
-    >>> batch = collate_usable([
-    ...     {"id": "a", "sig": torch.ones(3)},
-    ...     {"id": "b", "sig": UnusableItem("file not found")},
-    ... ])
-    >>> batch.id, batch.sig.data.shape, batch.bad_items
-    (['a'], torch.Size([1, 3]), [('b', 'file not found')])
-    """
-    usable = [e for e in examples if not isinstance(e["sig"], UnusableItem)]
-    bad = [(e["id"], e["sig"].reason) for e in examples if isinstance(e["sig"], UnusableItem)]
-    batch = PaddedBatch(usable) if usable else EmptyBatch(bad)
-    batch.bad_items = bad
-    return batch
-
-
-def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
-    """Audio, caption and label pipelines over the train/valid/test caption manifests.
-
-    Each manifest is checked first (``load_manifest``; rejected rows go to
-    ``<output_folder>/<split>_rejected.csv``). Training crops clips longer
-    than ``max_duration`` at a random offset and picks a random caption of
-    each clip; evaluation crops at 0 and takes the first caption. Audio that
-    cannot be read gives an ``UnusableItem`` (see the module docstring); batch
-    with ``collate_usable`` (``loader_kwargs`` does).
-
-    With ``train_shards`` set, training streams shards and only the valid and
-    test manifests are loaded.
-
-    Arguments
-    ---------
-    hparams : dict
-        ``train_csv`` / ``valid_csv`` / ``test_csv``, ``data_folder``,
-        ``output_folder``, ``sample_rate``, ``max_duration``,
-        ``max_caption_tokens``; optional ``train_shards``,
-        ``zeroshot_labels`` (manifests with a ``sound_type`` column) and
-        ``train_monitor_clips`` (N > 0 adds a ``train_monitor`` split: the
-        first N training rows with the evaluation pipelines).
-    tokenizer : SentencePiece
-        The caption tokenizer: SpeechBrain's ``SentencePiece`` (its ``sp`` is
-        used) or a ``sentencepiece.SentencePieceProcessor``.
-
-    Returns
-    -------
-    dict
-        ``{split: DynamicItemDataset}`` with keys ``id, sig, captions,
-        caption, tokens_in, tokens_out`` (and ``label`` for evaluation splits
-        when ``zeroshot_labels`` is set).
-
-    Example
-    -------
-    >>> import numpy as np, soundfile
-    >>> from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
-    >>> folder = getfixture("tmp_path")
-    >>> soundfile.write(folder / "a.wav", np.zeros(8000, "float32"), 16000)
-    >>> for split in ("train", "valid", "test"):
-    ...     _ = (folder / f"{split}.csv").write_text(
-    ...         "ID,duration,wav,captions\\n"
-    ...         "a,0.5,$data_root/a.wav,A dog barks. | Barking.\\n"
-    ...         "b,0.5,$data_root/gone.wav,Rain.\\n"
-    ...     )
-    >>> _ = (folder / "captions.csv").write_text("id,caption\\n0,a dog barks\\n1,rain\\n")
-    >>> tokenizer = train_caption_tokenizer(
-    ...     folder / "captions.csv", folder / "tok", model_type="char"
+    >>> path = getfixture("tmp_path") / "m.csv"
+    >>> _ = path.write_text(
+    ...     "ID,duration,wav,captions\\na,1.5,a.wav,Coins worth $5.\\nb,abc,b.wav,Rain.\\n"
     ... )
-    >>> hparams = {
-    ...     "train_csv": folder / "train.csv", "valid_csv": folder / "valid.csv",
-    ...     "test_csv": folder / "test.csv", "data_folder": folder, "output_folder": folder,
-    ...     "sample_rate": 16000, "max_duration": 10.0, "max_caption_tokens": 16,
-    ... }
-    >>> datasets = dataio_prepare(hparams, tokenizer)
-    >>> batch = collate_usable([datasets["train"][0], datasets["train"][1]])
-    >>> batch.id, batch.sig.data.shape, batch.bad_items
-    (['a'], torch.Size([1, 8000]), [('b', 'file not found')])
+    >>> rows, rejected = check_manifest(path)
+    >>> rows[0]["captions"], rejected
+    ('Coins worth $5.', [{'id': 'b', 'wav': '', 'line': 3, 'reason': "non-numeric duration 'abc'"}])
     """
-    sp = getattr(tokenizer, "sp", tokenizer)
-    sample_rate = hparams["sample_rate"]
-    max_samples = int(hparams["max_duration"] * sample_rate)
-    labels = list(hparams.get("zeroshot_labels") or [])
-
-    def load(wav, train):
-        try:
-            sig = load_audio(wav, sample_rate)  # mono, resampled; checked
-        except AudioLoadError as error:
-            return UnusableItem(error.reason)
-        if sig.numel() > max_samples:  # training crops at a random offset
-            start = random.randint(0, sig.numel() - max_samples) if train else 0
-            sig = sig[start : start + max_samples]
-        return sig
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def train_audio(wav):
-        return load(wav, train=True)
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def eval_audio(wav):
-        return load(wav, train=False)
-
-    def text_pipeline(train):
-        @sb.utils.data_pipeline.takes("captions")
-        @sb.utils.data_pipeline.provides("caption", "tokens_in", "tokens_out")
-        def pipeline(captions):
-            captions = split_captions(captions)
-            caption = random.choice(captions) if train else captions[0]
-            yield caption
-            tokens_in, tokens_out = encode_captions(sp, [caption], hparams["max_caption_tokens"])
-            yield tokens_in[0]
-            yield tokens_out[0]
-
-        return pipeline
-
-    @sb.utils.data_pipeline.takes("sound_type")
-    @sb.utils.data_pipeline.provides("label")
-    def label_pipeline(sound_type):
-        return torch.tensor([labels.index(sound_type) if sound_type in labels else -1])
-
-    datasets = {}
-    keys = ["id", "sig", "captions", "caption", "tokens_in", "tokens_out"]
-    splits = ("valid", "test") if hparams.get("train_shards") else ("train", "valid", "test")
-    monitor_clips = int(hparams.get("train_monitor_clips") or 0)
-    if monitor_clips > 0:
-        splits += ("train_monitor",)
-    output_folder = Path(hparams["output_folder"])
-    for split in splits:
-        train = split == "train"
-        source = "train" if split == "train_monitor" else split
-        rows = load_manifest(
-            hparams[f"{source}_csv"],
-            hparams["data_folder"],
-            rejected_csv=output_folder / f"{source}_rejected.csv",
+    manifest_csv = Path(manifest_csv)
+    if not manifest_csv.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest_csv}")
+    try:
+        found, rejected = validate_manifest(
+            manifest_csv, _NO_DATA_ROOT if data_root is None else data_root
         )
-        if split == "train_monitor":  # training clips, read like the valid split
-            rows = dict(list(rows.items())[:monitor_clips])
-        dataset = DynamicItemDataset(_without_pipeline_columns(rows, hparams[f"{source}_csv"]))
-        dataset.add_dynamic_item(train_audio if train else eval_audio)
-        dataset.add_dynamic_item(text_pipeline(train))
-        split_keys = list(keys)
-        if labels and not train:
-            dataset.add_dynamic_item(label_pipeline)
-            split_keys.append("label")
-        dataset.set_output_keys(split_keys)
-        datasets[split] = dataset
-    return datasets
+    except ValueError as err:
+        raise ValueError(
+            f"{err}; a pretraining manifest has {', '.join(CAPTION_COLUMNS)}"
+        ) from None
+    rows = [{"ID": key, **row} for key, row in found.items()]
+    if data_root is None:
+        needs_root = [row["ID"] for row in rows if _NO_DATA_ROOT in row["wav"]]
+        if needs_root:
+            raise ValueError(
+                f"{manifest_csv}: wav of {needs_root[0]} uses $data_root; pass data_root "
+                "(--data-root on the command line)"
+            )
+    return rows, [{"id": r.id, "wav": "", "line": r.line, "reason": r.reason} for r in rejected]
 
 
-def _without_pipeline_columns(rows: dict[str, dict], csv_path) -> dict[str, dict]:
-    """``rows`` without the columns named like a pipeline output.
+def read_manifest(manifest_csv: str | os.PathLike, data_root: str | None = None) -> list[dict]:
+    """Usable rows of a pretraining manifest, in file order, ``$data_root`` replaced in ``wav``.
 
-    ``DynamicItemDataset`` gives a static column precedence over a dynamic
-    item of the same name, so a manifest column ``caption`` would replace the
-    caption the text pipeline picked (and no longer match ``tokens_out``).
-    """
-    columns = {name for values in rows.values() for name in values}
-    dropped = sorted(columns & set(PIPELINE_OUTPUTS))
-    if not dropped:
-        return rows
-    logger.warning(
-        "%s: columns %s are named like pipeline outputs and are ignored", csv_path, dropped
-    )
-    return {
-        clip_id: {key: value for key, value in values.items() if key not in dropped}
-        for clip_id, values in rows.items()
-    }
-
-
-def duration_sampler(
-    dataset: DynamicItemDataset, hparams: dict, shuffle: bool
-) -> DurationBatchSampler:
-    """Batches by total seconds of audio (a token budget), not by clip count.
-
-    The clips of a batch add up to at most ``batch_seconds`` (each counted up
-    to ``max_duration``, the training crop) and number at most
-    ``max_batch_clips`` (``speechbrain_slap.data.batching``): packing spends
-    nothing on padding, so a batch of short clips holds many of them.
-
-    Arguments
-    ---------
-    dataset : DynamicItemDataset
-        A ``dataio_prepare`` split (its ``duration`` values).
-    hparams : dict
-        ``batch_seconds``, ``max_duration``, ``max_batch_clips``; ``seed``
-        (optional, 0) seeds the per-epoch order.
-    shuffle : bool
-        A new random order every epoch (training; ``set_epoch``), else
-        ascending duration.
-
-    Returns
-    -------
-    DurationBatchSampler
+    The first result of ``check_manifest`` (same arguments): the rows it
+    rejects are left out (``write_shards`` lists them in the index). Each row
+    is a dict of all columns as strings, ``ID`` included and ``duration`` a
+    float.
 
     Example
     -------
-    >>> dataset = DynamicItemDataset({str(i): {"duration": float(i)} for i in range(1, 9)})
-    >>> hparams = {"batch_seconds": 10.0, "max_duration": 30.0, "max_batch_clips": 8}
-    >>> batches = list(duration_sampler(dataset, hparams, shuffle=True))
-    >>> sorted(i for batch in batches for i in batch)  # every clip once
-    [0, 1, 2, 3, 4, 5, 6, 7]
-    >>> all(sum(i + 1 for i in batch) <= 10 for batch in batches)
+    >>> path = getfixture("tmp_path") / "m.csv"
+    >>> _ = path.write_text("ID,duration,wav,captions\\na,1.5,$data_root/a.wav,A dog.\\n")
+    >>> read_manifest(path, data_root="/audio")[0]["wav"]
+    '/audio/a.wav'
+    """
+    return check_manifest(manifest_csv, data_root)[0]
+
+
+@dataclass
+class CaptionedClip:
+    """One audio clip and its reference captions.
+
+    Arguments
+    ---------
+    id : str
+        Unique clip ID within its split.
+    wav : str
+        Audio file path.
+    duration : float
+        Seconds of audio.
+    captions : list of str
+        Reference captions (one or more).
+
+    Example
+    -------
+    >>> clip = CaptionedClip("Santa Motor", "dev/Santa Motor.wav", 17.3, ["A machine whines."])
+    >>> clip.captions[0]
+    'A machine whines.'
+    """
+
+    id: str
+    wav: str
+    duration: float
+    captions: list[str]
+
+
+def read_clips(manifest_csv: str | Path, data_folder: str | Path) -> list[CaptionedClip]:
+    """The clips of a caption manifest for evaluation, checked as for training.
+
+    An evaluation split is scored whole, so a row that training would leave
+    out (``validate_manifest``) stops the reading here, naming its line.
+
+    Arguments
+    ---------
+    manifest_csv : str or Path
+        CSV with ``ID, duration, wav, captions``.
+    data_folder : str or Path
+        Replaces ``$data_root``.
+
+    Returns
+    -------
+    list of CaptionedClip
+        In file order.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> clip = CaptionedClip("x", str(folder / "x.wav"), 3.0, ["A bell rings.", "Ringing."])
+    >>> _ = write_caption_manifest(folder / "m.csv", [clip], folder)
+    >>> read_clips(folder / "m.csv", folder)[0] == clip
     True
     """
-    with dataset.output_keys_as(["duration"]):
-        durations = [float(item["duration"]) for item in dataset]
-    return DurationBatchSampler(
-        durations,
-        batch_seconds=hparams["batch_seconds"],
-        max_batch_clips=hparams["max_batch_clips"],
-        max_duration=hparams["max_duration"],
-        shuffle=shuffle,
-        seed=hparams.get("seed", 0),
-    )
+    rows, rejected = validate_manifest(manifest_csv, data_folder)
+    if rejected:
+        first = rejected[0]
+        raise ValueError(f"{manifest_csv}, line {first.line} ({first.id}): {first.reason}")
+    if not rows:
+        raise ValueError(f"{manifest_csv}: no clip")
+    return [
+        CaptionedClip(clip_id, row["wav"], row["duration"], split_captions(row["captions"]))
+        for clip_id, row in rows.items()
+    ]
 
 
-def loader_kwargs(dataset: DynamicItemDataset, hparams: dict, train: bool) -> dict:
-    """DataLoader arguments for a ``dataio_prepare`` split (``Brain.fit``'s loader kwargs).
+# --------------------------------------------------------------------- writing
 
-    Duration batches (``duration_sampler``), ``num_workers`` workers,
-    ``collate_usable``, and a DataLoader ``generator`` of its own: PyTorch
-    draws each epoch's worker base seed from it, which would otherwise come
-    from the global torch RNG and shift it, so a run resumed from a
-    checkpoint (which restores that RNG) would draw other masks and crops
-    than the run it continues.
+
+def write_rows(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    """Writes a manifest of ``columns`` (extra keys of a row are not written).
+
+    Every row must have every column and a distinct ``ID``.
 
     Arguments
     ---------
-    dataset : DynamicItemDataset
-        The split.
-    hparams : dict
-        ``duration_sampler``'s keys, ``num_workers`` and ``seed``.
-    train : bool
-        Shuffled batches (training) or ascending duration (evaluation).
+    path : str or Path
+        The manifest (parent folders are created).
+    rows : sequence of dict
+        One dict per clip.
+    columns : sequence of str
+        The header, in order (``ID`` first).
+
+    Returns
+    -------
+    Path
+        The manifest written (whole: ``speechbrain_slap.outputs.write_csv``).
+
+    Example
+    -------
+    >>> rows = [dict(ID="a", duration=1.0, wav="/d/a.wav", label="dog", note="not written")]
+    >>> columns = ["ID", "duration", "wav", "label"]
+    >>> path = write_rows(getfixture("tmp_path") / "m.csv", rows, columns)
+    >>> path.read_text().splitlines()
+    ['ID,duration,wav,label', 'a,1.0,/d/a.wav,dog']
+    """
+    seen = set()
+    for i, row in enumerate(rows):
+        missing = [f for f in columns if f not in row]
+        if missing:
+            raise ValueError(f"manifest row {i} ({row.get('ID')!r}) lacks fields {missing}")
+        if row["ID"] in seen:
+            raise ValueError(f"manifest ID {row['ID']!r} appears twice")
+        seen.add(row["ID"])
+    return write_csv(path, columns, ([row[c] for c in columns] for row in rows))
+
+
+def caption_problem(caption: str) -> str | None:
+    """Why a caption cannot be stored in a caption manifest, or None if it can.
+
+    Arguments
+    ---------
+    caption : str
+        One caption.
+
+    Returns
+    -------
+    str or None
+        The reason (empty, holds the caption separator, or holds ``$name``,
+        which SpeechBrain's CSV reader would try to replace).
+
+    Example
+    -------
+    >>> caption_problem("A dog barks.") is None
+    True
+    >>> caption_problem("Coins worth $5 drop.")
+    "caption holds '$5', which SpeechBrain's CSV reader takes for a variable"
+    """
+    if not isinstance(caption, str) or not caption.strip():
+        return "empty caption"
+    if CAPTION_SEPARATOR.strip() in caption:
+        return f"caption holds the caption separator {CAPTION_SEPARATOR.strip()!r}"
+    match = _CSV_VARIABLE.search(caption)
+    if match:
+        return (
+            f"caption holds {match.group()!r}, which SpeechBrain's CSV reader takes for a variable"
+        )
+    return None
+
+
+def manifest_wav(path: str | Path, data_folder: str | Path) -> str:
+    """The ``wav`` field of a file: ``$data_root/<relative path>`` inside ``data_folder``.
+
+    Files outside ``data_folder`` keep their absolute path.
+
+    Arguments
+    ---------
+    path : str or Path
+        The audio file.
+    data_folder : str or Path
+        The folder that replaces ``$data_root`` when the manifest is read.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> manifest_wav("/data/clotho/development/a b.wav", "/data/clotho")
+    '$data_root/development/a b.wav'
+    >>> manifest_wav("/elsewhere/x.flac", "/data/clotho")
+    '/elsewhere/x.flac'
+    """
+    path = Path(os.path.abspath(path))
+    root = Path(os.path.abspath(data_folder))
+    if path.is_relative_to(root):
+        return "$data_root/" + path.relative_to(root).as_posix()
+    return path.as_posix()
+
+
+def write_caption_manifest(
+    manifest_csv: str | Path,
+    clips: Sequence[CaptionedClip],
+    data_folder: str | Path,
+    skipped: Sequence[tuple[str, str]] = (),
+) -> dict:
+    """Writes a caption manifest; clips it cannot hold are skipped and listed.
+
+    A clip is skipped when one of its captions has a ``caption_problem`` or
+    its path holds ``$name``. Skipped clips (these and the ``skipped`` the
+    caller found, e.g. missing audio) go to ``<manifest stem>_skipped.csv``
+    (``ID, reason``) and are counted by reason; a warning says how many.
+
+    Arguments
+    ---------
+    manifest_csv : str or Path
+        The CSV to write (``ID, duration, wav, captions``).
+    clips : sequence of CaptionedClip
+        The clips, ``wav`` being the file's path.
+    data_folder : str or Path
+        The folder that replaces ``$data_root`` when the manifest is read.
+    skipped : sequence of (str, str)
+        ``(clip ID, reason)`` of clips the caller already left out.
 
     Returns
     -------
     dict
-        ``batch_sampler``, ``num_workers``, ``collate_fn``, ``generator``.
+        ``clips`` and ``captions`` written, ``skipped`` (count) and
+        ``skipped_by_reason``.
 
     Example
     -------
-    >>> dataset = DynamicItemDataset({"a": {"duration": 2.0}, "b": {"duration": 3.0}})
-    >>> hparams = {"batch_seconds": 6.0, "max_duration": 30.0,
-    ...            "max_batch_clips": 8, "num_workers": 0, "seed": 1}
-    >>> sorted(loader_kwargs(dataset, hparams, train=True))
-    ['batch_sampler', 'collate_fn', 'generator', 'num_workers']
+    >>> folder = getfixture("tmp_path")
+    >>> clips = [
+    ...     CaptionedClip("a", str(folder / "a.wav"), 1.5, ["A dog barks.", "Barking."]),
+    ...     CaptionedClip("b", str(folder / "b.wav"), 2.0, ["It costs $5."]),
+    ... ]
+    >>> report = write_caption_manifest(
+    ...     folder / "test.csv", clips, folder, [("c", "audio file missing")]
+    ... )
+    >>> report["clips"], report["captions"], report["skipped"]
+    (1, 2, 2)
+    >>> print((folder / "test.csv").read_text().splitlines()[1])
+    a,1.5,$data_root/a.wav,A dog barks. | Barking.
     """
+    manifest_csv = Path(manifest_csv)
+    skipped = list(skipped)
+    rows = []
+    for clip in clips:
+        problems = [caption_problem(c) for c in clip.captions] or ["no caption"]
+        problems = [p for p in problems if p]
+        wav = manifest_wav(clip.wav, data_folder)
+        if _CSV_VARIABLE.search(wav.removeprefix("$data_root")):
+            problems.append("the audio path holds '$', which SpeechBrain's CSV reader replaces")
+        if problems:
+            skipped.append((clip.id, problems[0]))
+            continue
+        captions = CAPTION_SEPARATOR.join(c.strip() for c in clip.captions)
+        rows.append((clip.id, f"{clip.duration:.3f}".rstrip("0").rstrip("."), wav, captions))
+
+    write_csv(manifest_csv, CAPTION_COLUMNS, rows)
+    skipped_csv = manifest_csv.with_name(f"{manifest_csv.stem}_skipped.csv")
+    if skipped:
+        write_csv(skipped_csv, ("ID", "reason"), skipped)
+        logger.warning(
+            "%s: %d clips skipped (listed in %s), %d written",
+            manifest_csv,
+            len(skipped),
+            skipped_csv,
+            len(rows),
+        )
+    elif skipped_csv.exists():
+        skipped_csv.unlink()  # left by an earlier run
     return {
-        "batch_sampler": duration_sampler(dataset, hparams, shuffle=train),
-        "num_workers": hparams["num_workers"],
-        "collate_fn": collate_usable,
-        "generator": torch.Generator().manual_seed(hparams["seed"]),
+        "clips": len(rows),
+        "captions": sum(len(split_captions(row[3])) for row in rows),
+        "skipped": len(skipped),
+        "skipped_by_reason": dict(Counter(reason for _, reason in skipped)),
     }
+
+
+def probed_clip(
+    clip_id: str,
+    path: str | Path,
+    captions: list[str],
+    skipped: list,
+    duration: float | None = None,
+) -> "CaptionedClip | None":
+    """The ``CaptionedClip`` of an audio file; None, the reason added to ``skipped``, if unusable.
+
+    The duration is read from the file's header
+    (``speechbrain_slap.data.audio.probe_audio``) unless given.
+
+    Arguments
+    ---------
+    clip_id : str
+        The clip's ID.
+    path : str or Path
+        Its audio file.
+    captions : list of str
+        Its captions.
+    skipped : list
+        Collects ``(clip_id, reason)`` of a missing, unreadable or empty file.
+    duration : float, optional
+        Seconds, when the dataset gives them.
+
+    Returns
+    -------
+    CaptionedClip or None
+
+    Example
+    -------
+    >>> skipped = []
+    >>> probed_clip("a", "/no/such/a.wav", ["Rain."], skipped), skipped
+    (None, [('a', 'audio file missing')])
+    """
+    from speechbrain_slap.data.audio import probe_audio  # audio imports torch
+
+    path = Path(path)
+    problem = None if path.is_file() or duration is None else "audio file missing"
+    if duration is None:
+        duration, problem = probe_audio(path)
+    if problem:
+        skipped.append((clip_id, problem))
+        return None
+    return CaptionedClip(clip_id, str(path), duration, captions)
+
+
+def check_audio_pattern(audio_pattern: str, fields: set[str]) -> str:
+    """Checks that a file-name pattern (``str.format``) uses only ``fields``.
+
+    Arguments
+    ---------
+    audio_pattern : str
+        E.g. ``"audio/{source}/{id}.flac"``.
+    fields : set of str
+        The fields a dataset fills in.
+
+    Returns
+    -------
+    str
+        ``audio_pattern``.
+
+    Example
+    -------
+    >>> check_audio_pattern("{split}/{name}.wav", {"split", "id"})
+    Traceback (most recent call last):
+    ...
+    ValueError: audio_pattern '{split}/{name}.wav' uses ['name']; the fields are ['id', 'split']
+    """
+    import string
+
+    used = {name for _, name, _, _ in string.Formatter().parse(audio_pattern) if name}
+    if not used <= fields:
+        raise ValueError(
+            f"audio_pattern {audio_pattern!r} uses {sorted(used - fields)}; "
+            f"the fields are {sorted(fields)}"
+        )
+    return audio_pattern
+
+
+def earlier_preparation(
+    save_folder: str | Path, splits: Sequence[str], options: dict, skip_prep: bool = False
+) -> dict | None:
+    """The report of manifests already prepared with ``options`` (or ``skip_prep``), else None.
+
+    Dataset preparation is skipped then, as SpeechBrain recipes do.
+
+    Arguments
+    ---------
+    save_folder, splits, options
+        As for ``manifests_up_to_date``.
+    skip_prep : bool
+        Prepare nothing (manifests made elsewhere).
+
+    Returns
+    -------
+    dict or None
+        ``read_prepare_report``, or None when the manifests must be written.
+    """
+    if skip_prep:
+        return read_prepare_report(save_folder)
+    if manifests_up_to_date(save_folder, splits, options):
+        logger.info("manifests in %s are up to date, preparation skipped", save_folder)
+        return read_prepare_report(save_folder)
+    return None
+
+
+def manifests_up_to_date(save_folder: str | Path, splits: Sequence[str], options: dict) -> bool:
+    """True when every ``<split>.csv`` exists and ``prepare.json`` has the same options.
+
+    Dataset preparation is skipped then, as SpeechBrain recipes do.
+
+    Arguments
+    ---------
+    save_folder : str or Path
+        Where the manifests are.
+    splits : sequence of str
+        Manifest names without ``.csv``.
+    options : dict
+        JSON-serialisable options of the preparation.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "test.csv").write_text("ID,duration,wav,captions\\n")
+    >>> manifests_up_to_date(folder, ["test"], {"data_folder": "/data"})
+    False
+    >>> _ = save_prepare_report(folder, {"data_folder": "/data"}, {"test": {"clips": 0}})
+    >>> manifests_up_to_date(folder, ["test"], {"data_folder": "/data"})
+    True
+    """
+    save_folder = Path(save_folder)
+    report = save_folder / REPORT_FILE
+    if not report.is_file() or not all((save_folder / f"{s}.csv").is_file() for s in splits):
+        return False
+    return json.loads(report.read_text()).get("options") == _jsonable(options)
+
+
+def save_prepare_report(save_folder: str | Path, options: dict, splits: dict) -> Path:
+    """Writes ``prepare.json``: the preparation's options and per-split counts.
+
+    Arguments
+    ---------
+    save_folder : str or Path
+        Where the manifests are.
+    options : dict
+        Options of the preparation (compared by ``manifests_up_to_date``).
+    splits : dict
+        ``{split: write_caption_manifest(...) report}``.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(save_folder) / REPORT_FILE
+    path.write_text(json.dumps({"options": _jsonable(options), "splits": splits}, indent=2))
+    return path
+
+
+def read_prepare_report(save_folder: str | Path) -> dict:
+    """The per-split counts of ``prepare.json`` (``{}`` when there is none)."""
+    path = Path(save_folder) / REPORT_FILE
+    return json.loads(path.read_text())["splits"] if path.is_file() else {}
+
+
+def _jsonable(options: dict) -> dict:
+    """Options as they read back from JSON (paths as strings, tuples as lists)."""
+    return json.loads(json.dumps(options, default=str))
+
+
+# --------------------------------------------------------------------- labelled manifests
+
+
+def write_labelled_manifest(
+    rows: Sequence[dict], path: str | Path, extra_fields: Sequence[str] = ()
+) -> Path:
+    """Writes a zero-shot manifest: ``ID, duration, wav, label, fold`` and extra columns.
+
+    Arguments
+    ---------
+    rows : sequence of dict
+        One dict per clip with every field of ``LABEL_COLUMNS`` and ``extra_fields``.
+    path : str or Path
+        CSV file to write (parent folders are created).
+    extra_fields : sequence of str
+        Dataset-specific columns written after the standard ones.
+
+    Returns
+    -------
+    Path
+        The manifest (``write_rows``).
+
+    Example
+    -------
+    >>> rows = [dict(ID="a", duration=1.0, wav="/d/a.wav", label="dog", fold=1, take="A")]
+    >>> path = write_labelled_manifest(
+    ...     rows, getfixture("tmp_path") / "m.csv", extra_fields=["take"]
+    ... )
+    >>> path.read_text().splitlines()
+    ['ID,duration,wav,label,fold,take', 'a,1.0,/d/a.wav,dog,1,A']
+    """
+    return write_rows(path, rows, [*LABEL_COLUMNS, *extra_fields])
+
+
+def write_labelled_clips(
+    manifest: str | Path,
+    clips: Iterable[tuple[Path, dict]],
+    data_folder: str | Path,
+    extra_fields: Sequence[str] = (),
+) -> Path:
+    """Writes the labelled manifest of a dataset's clips, unless it exists already.
+
+    The zero-shot prepare scripts give the clips they find; this fills in
+    ``duration`` from each file's header (``probe_audio``) and ``wav`` as
+    ``$data_root/<path inside data_folder>``. A file whose header cannot be
+    read is kept with duration 0 (the evaluation skips it and says why) and
+    named in a warning, git-lfs pointer files (a repository downloaded without
+    its audio) as such.
+
+    Arguments
+    ---------
+    manifest : str or Path
+        The manifest to write. When it exists, ``clips`` is not read at all.
+    clips : iterable of (Path, dict)
+        Each clip's audio file and its row: every field of ``LABEL_COLUMNS``
+        and ``extra_fields`` but ``duration`` and ``wav``.
+    data_folder : str or Path
+        The dataset folder (``$data_root``).
+    extra_fields : sequence of str
+        Dataset-specific columns written after the standard ones.
+
+    Returns
+    -------
+    Path
+        The manifest.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "a.wav").write_text("not audio")
+    >>> manifest = write_labelled_clips(
+    ...     folder / "m.csv", [(folder / "a.wav", dict(ID="a", label="dog", fold=1))], folder
+    ... )
+    >>> manifest.read_text().splitlines()[1]
+    'a,0.0,$data_root/a.wav,dog,1'
+    """
+    from speechbrain_slap.data.audio import probe_audio  # audio imports torch
+
+    manifest, data_folder = Path(manifest), Path(data_folder)
+    if manifest.is_file():
+        logger.info("%s exists, skipping preparation", manifest)
+        return manifest
+    rows, unreadable = [], []
+    for path, row in clips:
+        duration, _ = probe_audio(path)
+        if duration is None:
+            unreadable.append(path)
+        wav = f"$data_root/{path.relative_to(data_folder).as_posix()}"
+        rows.append({**row, "duration": 0.0 if duration is None else duration, "wav": wav})
+    if unreadable:
+        logger.warning(
+            "%d files whose header cannot be read (kept, skipped by the evaluation): %s",
+            len(unreadable),
+            ", ".join(str(p) for p in unreadable),
+        )
+        pointers = [p for p in unreadable if p.read_bytes()[: len(LFS_POINTER)] == LFS_POINTER]
+        if pointers:
+            logger.warning(
+                "%d of them are git-lfs pointer files, not audio: fetch the audio with "
+                "`git lfs pull` in the dataset's clone",
+                len(pointers),
+            )
+    write_labelled_manifest(rows, manifest, extra_fields)
+    logger.info("%s: %d clips", manifest, len(rows))
+    return manifest
+
+
+def read_labelled_manifest(
+    path: str | Path,
+    labels: Sequence[str],
+    label_field: str = "label",
+    replacements: dict | None = None,
+) -> list[dict]:
+    """Reads a manifest and gives each row its class index (``target``) in ``labels``.
+
+    Arguments
+    ---------
+    path : str or Path
+        CSV with at least the columns ``ID, wav, fold`` and ``label_field``.
+    labels : sequence of str
+        The class names, in class-index order; every label must be one of them.
+    label_field : str
+        The column holding the class name (``label`` in the manifests of
+        ``write_labelled_manifest``, ``category`` in the ESC-50 one).
+    replacements : dict, optional
+        ``{"data_root": folder}`` turns ``$data_root`` in ``wav`` into
+        ``folder``, as SpeechBrain's ``DynamicItemDataset.from_csv`` does.
+
+    Returns
+    -------
+    list of dict
+        The rows (all values strings, ``wav`` with the replacements made) with
+        an added int ``target``.
+
+    Example
+    -------
+    >>> rows = [dict(ID="a", duration=1.0, wav="$data_root/a.wav", label="cat", fold=2)]
+    >>> path = write_labelled_manifest(rows, getfixture("tmp_path") / "m.csv")
+    >>> row = read_labelled_manifest(path, ["dog", "cat"], replacements={"data_root": "/data"})[0]
+    >>> row["target"], row["fold"], row["wav"]
+    (1, '2', '/data/a.wav')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    labels = list(labels)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be distinct, got {labels}")
+    index = {label: i for i, label in enumerate(labels)}
+    with open(path, newline="") as fin:
+        reader = csv.DictReader(fin)
+        required = ("ID", "wav", label_field, "fold")
+        missing = [f for f in required if f not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing} (header {reader.fieldnames})")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path}: no clips")
+    for line, row in enumerate(rows, start=2):
+        label = row[label_field]
+        if label not in index:
+            raise ValueError(
+                f"{path}, line {line} ({row['ID']}): {label_field} {label!r} is not one of "
+                f"the {len(labels)} class labels {labels}"
+            )
+        row["target"] = index[label]
+        for key, value in (replacements or {}).items():
+            row["wav"] = row["wav"].replace(f"${key}", str(value))
+    return rows

@@ -19,9 +19,11 @@ extensions):
   ``duration`` is that of the audio actually stored. The JSON comes first, so
   a reader can batch by duration before decoding any audio.
 * ``{key}.flac``: 16-bit FLAC, mono, **resampled to 16 kHz** (the model's
-  input rate; ``sample_rate`` changes it). Decoding and resampling the source
-  once here saves doing it every epoch, and a 16-bit 16 kHz source (as the
-  embedded corpus) is stored bit-exactly.
+  input rate; ``sample_rate`` changes it), read with
+  ``speechbrain_slap.data.audio.load_audio`` as training and inference read
+  files. Decoding and resampling the source once here saves doing it every
+  epoch, and a 16-bit 16 kHz source (as the embedded corpus) is stored
+  bit-exactly.
 
 Rows are shuffled with a seeded permutation before they are cut into shards
 (``shuffle_seed``; ``None`` keeps the manifest order), so every shard mixes the
@@ -39,8 +41,8 @@ the start with ``"complete": false`` and the settings, and again at the end;
 a rerun with other settings (or another manifest) raises instead of mixing
 two plans in one folder.
 
-Rows the manifest check rejects (``check_manifest``: no caption, a bad
-duration, ...) and rows whose audio cannot be read, is empty, or holds NaN or
+Rows the manifest check rejects (``speechbrain_slap.data.manifest.check_manifest``:
+no caption, a bad duration, ...) and rows whose audio cannot be read, is empty, or holds NaN or
 Inf samples are skipped; each is named in the log and in the index
 (``skipped``, with the reason).
 
@@ -49,7 +51,6 @@ Authors
 """
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -66,14 +67,15 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from speechbrain_slap.data import split_captions
+from speechbrain_slap.data.manifest import check_manifest, split_captions
+from speechbrain_slap.model_folder.checksums import sha256sum
+from speechbrain_slap.outputs import write_json
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "shards.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
 INDEX_VERSION = 1
-REQUIRED_COLUMNS = ("ID", "duration", "wav", "captions")
 # A tar member costs a 512-byte header and is padded to 512 bytes; with the
 # JSON, a sample costs about this much on top of its audio.
 SAMPLE_OVERHEAD_BYTES = 3 * 512
@@ -129,109 +131,6 @@ def parse_size(size: str | int) -> int:
 
 
 # --------------------------------------------------------------------------- planning
-
-
-def read_manifest(manifest_csv: str | os.PathLike, data_root: str | None = None) -> list[dict]:
-    """Usable rows of a pretraining manifest, in file order, ``$data_root`` replaced in ``wav``.
-
-    Rows are checked as for training (``check_manifest``); rejected rows are
-    left out (``write_shards`` lists them in the index).
-
-    Arguments
-    ---------
-    manifest_csv : str or path
-        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
-    data_root : str, optional
-        Replaces ``$data_root`` in the ``wav`` field.
-
-    Returns
-    -------
-    list of dict
-        One dict per usable row (all columns as strings, ``ID`` included,
-        ``duration`` a float).
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "m.csv"
-    >>> _ = path.write_text("ID,duration,wav,captions\\na,1.5,$data_root/a.wav,A dog.\\n")
-    >>> read_manifest(path, data_root="/audio")[0]["wav"]
-    '/audio/a.wav'
-    """
-    return check_manifest(manifest_csv, data_root)[0]
-
-
-# Stands for $data_root when none is given; no path holds it (validate_manifest then
-# finds no unknown variable, and the rows that needed data_root are told apart).
-_NO_DATA_ROOT = "\x00data_root\x00"
-
-
-def check_manifest(
-    manifest_csv: str | os.PathLike, data_root: str | None = None
-) -> tuple[list[dict], list[dict]]:
-    """Usable rows of a pretraining manifest and the rejected ones, with their reasons.
-
-    The checks are the training manifest's
-    (``speechbrain_slap.data.manifest.validate_manifest``): missing ID, wav or
-    caption, a duration that is missing, non-numeric, non-finite or not
-    positive, a duplicate ID, the wrong number of fields, bytes that are not
-    UTF-8. Only ``wav`` has ``$data_root`` replaced, so a caption may hold a
-    ``$``.
-
-    Arguments
-    ---------
-    manifest_csv : str or path
-        SpeechBrain CSV with at least ``ID, duration, wav, captions``.
-    data_root : str, optional
-        Replaces ``$data_root`` in the ``wav`` field.
-
-    Returns
-    -------
-    rows : list of dict
-        As ``read_manifest``.
-    rejected : list of dict
-        ``{"id", "wav", "line", "reason"}`` of each rejected row, in file order.
-
-    Raises
-    ------
-    FileNotFoundError
-        No such manifest.
-    ValueError
-        A required column is missing, or ``wav`` uses ``$data_root`` and no
-        ``data_root`` is given.
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "m.csv"
-    >>> _ = path.write_text(
-    ...     "ID,duration,wav,captions\\na,1.5,a.wav,Coins worth $5.\\nb,abc,b.wav,Rain.\\n"
-    ... )
-    >>> rows, rejected = check_manifest(path)
-    >>> rows[0]["captions"], rejected
-    ('Coins worth $5.', [{'id': 'b', 'wav': '', 'line': 3, 'reason': "non-numeric duration 'abc'"}])
-    """
-    manifest_csv = Path(manifest_csv)
-    if not manifest_csv.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest_csv}")
-    # Imported here: the writer processes import this module and need no speechbrain/torch.
-    from speechbrain_slap.data.manifest import validate_manifest
-
-    try:
-        found, rejected = validate_manifest(
-            manifest_csv, _NO_DATA_ROOT if data_root is None else data_root
-        )
-    except ValueError as err:
-        raise ValueError(
-            f"{err}; a pretraining manifest has {', '.join(REQUIRED_COLUMNS)}"
-        ) from None
-    rows = [{"ID": key, **row} for key, row in found.items()]
-    if data_root is None:
-        needs_root = [row["ID"] for row in rows if _NO_DATA_ROOT in row["wav"]]
-        if needs_root:
-            raise ValueError(
-                f"{manifest_csv}: wav of {needs_root[0]} uses $data_root; pass data_root "
-                "(--data-root on the command line)"
-            )
-    return rows, [{"id": r.id, "wav": "", "line": r.line, "reason": r.reason} for r in rejected]
 
 
 def plan_shards(
@@ -303,26 +202,6 @@ def sample_key(row_index: int) -> str:
     return f"{row_index:09d}"
 
 
-def load_audio(path: str, sample_rate: int) -> np.ndarray:
-    """Float32 mono audio at ``sample_rate`` (any soundfile format and rate).
-
-    Example
-    -------
-    >>> path = getfixture("tmp_path") / "a.wav"
-    >>> soundfile.write(path, np.zeros((800, 2), dtype="float32"), 8000)
-    >>> load_audio(str(path), 16000).shape
-    (1600,)
-    """
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != sample_rate:
-        import torch
-        import torchaudio
-
-        audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, sample_rate).numpy()
-    return audio
-
-
 def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
     """Float audio in [-1, 1] to int16, the inverse of soundfile's ``int / 32768``.
 
@@ -373,14 +252,14 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes):
 
 def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float]:
     """(json bytes, flac bytes, seconds) of one row; raises ValueError if unusable."""
+    # Imported here: `slap shards --help` imports this module and must not import torch.
+    from speechbrain_slap.data.audio import load_audio
+
     captions = split_captions(row["captions"])
     if not captions:
         raise ValueError("no caption")
-    audio = load_audio(row["wav"], sample_rate)
-    if audio.size == 0:
-        raise ValueError("empty audio")
-    if not np.isfinite(audio).all():  # would be quantised to arbitrary int16 values
-        raise ValueError("samples are NaN or infinite")
+    # Mono, resampled, non-empty and finite (NaN would be quantised to arbitrary int16).
+    audio = load_audio(row["wav"], sample_rate).numpy()
     flac = io.BytesIO()
     soundfile.write(flac, quantize_pcm16(audio), sample_rate, format="FLAC", subtype="PCM_16")
     seconds = audio.size / sample_rate
@@ -418,7 +297,7 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    samples, seconds, skipped, durations = 0, 0.0, [], []
+    skipped, durations = [], []
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for index, row in rows:
             key = sample_key(index)
@@ -430,18 +309,9 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
                 continue
             _add_member(tar, f"{key}.json", meta)
             _add_member(tar, f"{key}.flac", flac)
-            samples += 1
-            seconds += duration
             durations.append(duration)
     os.replace(tmp, path)
-    return {
-        "name": path.name,
-        "samples": samples,
-        "seconds": round(seconds, 3),
-        "bytes": path.stat().st_size,
-        "duration_bins": duration_bins(durations),
-        "skipped": skipped,
-    }
+    return _shard_stats(path, durations, skipped)
 
 
 def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dict:
@@ -453,20 +323,17 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
     Example
     -------
     >>> folder = getfixture("tmp_path")
-    >>> soundfile.write(folder / "a.wav", np.zeros(1600, dtype="int16"), 16000)
-    >>> row = {"ID": "a", "duration": 0.1, "wav": str(folder / "a.wav"), "captions": "Silence."}
-    >>> _ = write_shard(folder / "s.tar", [(0, row)], 16000)
-    >>> scan_shard(folder / "s.tar", [(0, row)])["seconds"]
-    0.1
+    >>> gone = {"ID": "a", "duration": 1.0, "wav": str(folder / "gone.wav"), "captions": "Rain."}
+    >>> _ = write_shard(folder / "s.tar", [(0, gone)], 16000)
+    >>> scan_shard(folder / "s.tar", [(0, gone)])["skipped"][0]["reason"]
+    'skipped when the shard was written'
     """
     path = Path(path)
-    samples, seconds, keys, durations = 0, 0.0, set(), []
+    keys, durations = set(), []
     with tarfile.open(path, "r") as tar:
         for member in tar:
             if member.name.endswith(".json"):
                 meta = json.loads(tar.extractfile(member).read())
-                samples += 1
-                seconds += float(meta["duration"])
                 durations.append(float(meta["duration"]))
                 keys.add(member.name.split(".", 1)[0])
     skipped = [
@@ -474,10 +341,15 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
         for index, row in rows
         if sample_key(index) not in keys
     ]
+    return _shard_stats(path, durations, skipped)
+
+
+def _shard_stats(path: Path, durations: list[float], skipped: list[dict]) -> dict:
+    """A shard's index entry (``write_shard``'s return value)."""
     return {
         "name": path.name,
-        "samples": samples,
-        "seconds": round(seconds, 3),
+        "samples": len(durations),
+        "seconds": round(sum(durations), 3),
         "bytes": path.stat().st_size,
         "duration_bins": duration_bins(durations),
         "skipped": skipped,
@@ -487,22 +359,8 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
 # --------------------------------------------------------------------------- all shards
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fin:
-        for block in iter(lambda: fin.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_index(path: Path, content: dict):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _worker_init():
-    # One process per shard already uses every core; torch (imported to resample) would
+    # One process per shard already uses every core; torch (imported to read audio) would
     # oversubscribe them with its own threads.
     os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -572,7 +430,7 @@ def write_shards(
         shuffle_seed,
     )
     config = {
-        "manifest_sha256": _file_sha256(manifest_csv),
+        "manifest_sha256": sha256sum(manifest_csv),
         "max_shard_size": max_shard_size,
         "max_shard_samples": int(max_shard_samples),
         "sample_rate": int(sample_rate),
@@ -595,7 +453,7 @@ def write_shards(
         "data_root": None if data_root is None else str(data_root),
         "sample_rate": int(sample_rate),
     }
-    _write_index(index_path, index)
+    write_json(index_path, index, indent=1)
 
     jobs = [
         (out_dir / SHARD_PATTERN.format(i), [(r, rows[r]) for r in shard])
@@ -649,7 +507,7 @@ def write_shards(
         shards=shards,
         skipped=skipped,
     )
-    _write_index(index_path, index)
+    write_json(index_path, index, indent=1)
     logger.info(
         "%d shards, %d clips, %.1f h of audio in %s; %d rows skipped",
         len(shards),

@@ -56,7 +56,6 @@ Authors
 """
 
 import glob
-import io
 import itertools
 import json
 import logging
@@ -67,14 +66,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile
 import torch
-import torchaudio
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from speechbrain_slap.data import CAPTION_SEPARATOR, batching
+from speechbrain_slap.data import batching
+from speechbrain_slap.data.audio import decode_audio
+from speechbrain_slap.data.manifest import CAPTION_SEPARATOR
 from speechbrain_slap.data.shards import INDEX_NAME
 from speechbrain_slap.lobes.caption_decoder import encode_captions
 
@@ -275,6 +274,7 @@ def read_shard(path: str, on_skip: SkipCallback) -> Iterator[StreamSample]:
 
     Example
     -------
+    >>> import soundfile
     >>> from speechbrain_slap.data.shards import write_shard
     >>> folder = getfixture("tmp_path")
     >>> soundfile.write(folder / "a.wav", np.zeros(1600, dtype="int16"), 16000)
@@ -543,12 +543,7 @@ class ShardStream(IterableDataset):
 
     def decode(self, sample: StreamSample, rng: np.random.Generator) -> dict:
         """One example dict (``id, sig, captions, caption`` + tokens) from a sample."""
-        audio, rate = soundfile.read(io.BytesIO(sample.flac), dtype="float32", always_2d=True)
-        sig = torch.from_numpy(audio).mean(dim=1)
-        if rate != self.sample_rate:
-            sig = torchaudio.functional.resample(sig, rate, self.sample_rate)
-        if sig.numel() == 0:
-            raise ValueError("empty audio")
+        sig = decode_audio(sample.flac, f"{sample.name}.flac", self.sample_rate)
         max_samples = int(self.max_duration * self.sample_rate)
         if sig.numel() > max_samples:
             start = int(rng.integers(sig.numel() - max_samples + 1)) if self.train else 0
@@ -636,13 +631,13 @@ class StreamLoader(DataLoader):
 
     Example
     -------
-    >>> from speechbrain_slap.data.synthetic import generate_corpus
-    >>> from speechbrain_slap.data.shards import write_shards
     >>> folder = getfixture("tmp_path")
-    >>> manifests = generate_corpus(folder, n_train=4, n_valid=0, n_test=0, max_duration=4.0,
-    ...                             progress=False)
-    >>> _ = write_shards(manifests["train"], folder / "shards", max_shard_samples=2,
-    ...                  data_root=folder, progress=False)
+    >>> from speechbrain_slap.data.shards import write_shards
+    >>> import soundfile
+    >>> soundfile.write(folder / "quiet.wav", np.zeros(16000, dtype="int16"), 16000)
+    >>> rows = "".join(f"c{i},1.0,{folder}/quiet.wav,Silence.\\n" for i in range(4))
+    >>> _ = (folder / "m.csv").write_text("ID,duration,wav,captions\\n" + rows)
+    >>> _ = write_shards(folder / "m.csv", folder / "shards", max_shard_samples=2, progress=False)
     >>> loader = StreamLoader(ShardStream(folder / "shards", 8.0, 2, max_duration=4.0,
     ...                                   batches_per_epoch=2))
     >>> len(loader), len(list(loader)), loader.epoch, len(list(loader)), loader.epoch

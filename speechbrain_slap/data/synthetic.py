@@ -45,7 +45,6 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
-import csv
 import json
 import math
 import os
@@ -59,7 +58,7 @@ import numpy as np
 import soundfile
 from tqdm import tqdm
 
-from speechbrain_slap.data import CAPTION_SEPARATOR
+from speechbrain_slap.data.manifest import CAPTION_SEPARATOR, write_rows
 
 # Bump whenever a change alters the generated audio, captions or manifests, so that an
 # old corpus on disk is not mistaken for the current one (2: events and scene columns).
@@ -1061,12 +1060,7 @@ def generate_corpus(
             row, audio = _clip_row(seed, split, index, sample_rate, min_duration, max_duration)
             soundfile.write(audio_folder / f"{row['ID']}.wav", audio, sample_rate, "PCM_16")
             rows.append(row)
-        tmp = manifests[split].with_name(manifests[split].name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fout:
-            writer = csv.DictWriter(fout, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, manifests[split])
+        write_rows(manifests[split], rows, MANIFEST_FIELDS)  # whole or not at all
         durations = [float(row["duration"]) for row in rows]
         stats[split] = {
             "clips": len(rows),

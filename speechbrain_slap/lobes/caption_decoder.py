@@ -348,6 +348,9 @@ class CaptionDecoder(nn.Module):
     ) -> torch.Tensor:
         """Teacher-forced logits for packed encoder output.
 
+        The packed counterpart of ``forward``: each clip's tokens are cut from
+        ``audio_tokens`` at ``cu_seqlens`` and padded for cross-attention.
+
         Arguments
         ---------
         tokens_in : torch.Tensor
@@ -401,14 +404,14 @@ class CaptionDecoder(nn.Module):
     ) -> list[list[int]]:
         """Greedy captions, with SpeechBrain's ``S2STransformerGreedySearcher``.
 
-        Runs in eval mode without gradients (the previous mode is restored).
+        The module is put in eval mode and no gradients are kept while it
+        decodes; its previous mode is restored afterwards.
 
         Arguments
         ---------
-        audio : torch.Tensor
-            ``(B, L, audio_dim)`` dense audio tokens, padded.
-        audio_mask : torch.Tensor
-            ``(B, L)`` boolean, True = real audio token.
+        audio, audio_mask : torch.Tensor
+            ``(B, L, audio_dim)`` dense audio tokens, padded, and their
+            ``(B, L)`` boolean mask (True = real audio token).
         max_length : int, optional
             Most tokens generated per caption, EOS included (default and upper
             bound: ``self.max_length``).

@@ -116,7 +116,7 @@ class SLAPFrameEncoder(nn.Module):
         Arguments
         ---------
         feats : torch.Tensor
-            ``(B, T, n_mels)`` normalised log-mel (``SLAPFbank`` output).
+            ``(B, T, n_mels)``: the normalised log-mels ``SLAPFbank`` computes.
         lengths : torch.Tensor, optional
             ``(B,)`` relative lengths.
 

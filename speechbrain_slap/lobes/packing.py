@@ -239,6 +239,38 @@ class PackedBatch:
         return padded, self.seqlens.to(x.dtype) / max(self.max_seqlen, 1)
 
 
+def checked_lengths(lengths: torch.Tensor, x: torch.Tensor, name: str = "lengths") -> torch.Tensor:
+    """Integer lengths of the items of a padded batch, checked: one each, in ``[1, T]``.
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        ``(B,)`` real length of each item along dim 1 of ``x``.
+    x : torch.Tensor
+        ``(B, T, ...)`` the padded batch.
+    name : str
+        The argument's name in the error message.
+
+    Returns
+    -------
+    torch.Tensor
+        ``lengths`` as int64 on ``x``'s device.
+
+    Example
+    -------
+    >>> checked_lengths(torch.tensor([3.0, 1.0]), torch.zeros(2, 3))
+    tensor([3, 1])
+    """
+    batch, total = x.shape[:2]
+    lengths = lengths.to(device=x.device, dtype=torch.long)
+    if lengths.shape != (batch,) or bool((lengths < 1).any() | (lengths > total).any()):
+        raise ValueError(
+            f"{name} must be (batch,) = ({batch},) with values in [1, {total}], "
+            f"got {lengths.tolist()}"
+        )
+    return lengths
+
+
 def pack_padded(x: torch.Tensor, seqlens: torch.Tensor) -> PackedBatch:
     """Packs the first ``seqlens[b]`` rows of each item of a padded batch.
 
@@ -265,12 +297,7 @@ def pack_padded(x: torch.Tensor, seqlens: torch.Tensor) -> PackedBatch:
     tensor([0, 5, 7], dtype=torch.int32)
     """
     batch, length = x.shape[:2]
-    seqlens = seqlens.to(device=x.device, dtype=torch.long)
-    if seqlens.shape != (batch,) or bool((seqlens < 1).any() | (seqlens > length).any()):
-        raise ValueError(
-            f"seqlens must be (batch,) = ({batch},) with values in [1, {length}], "
-            f"got {seqlens.tolist()}"
-        )
+    seqlens = checked_lengths(seqlens, x, "seqlens")
     positions = torch.arange(length, device=x.device)
     valid = positions[None, :] < seqlens[:, None]
     clip_id = torch.arange(batch, device=x.device)[:, None].expand(batch, length)[valid]

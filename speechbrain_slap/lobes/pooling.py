@@ -69,10 +69,9 @@ class MAPooling(nn.Module):
 
         Arguments
         ---------
-        tokens : torch.Tensor
-            ``(N, D)`` packed token features.
-        cu_seqlens : torch.Tensor
-            ``(B + 1,)`` cumulative token counts; every clip non-empty.
+        tokens, cu_seqlens : torch.Tensor
+            The packed sequence: ``(N, D)`` token features and ``(B + 1,)``
+            cumulative token counts (every clip non-empty), as ``PackedBatch`` holds them.
 
         Returns
         -------

@@ -225,7 +225,7 @@ class HFTextEncoder(nn.Module):
         Arguments
         ---------
         texts : list of str
-            Non-empty batch of sentences.
+            The sentences (at least one), tokenised by ``tokenize``.
 
         Returns
         -------

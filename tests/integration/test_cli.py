@@ -18,8 +18,8 @@ import soundfile
 import torch
 
 from speechbrain_slap import cli, search_index
-from speechbrain_slap.export import write_checksums
 from speechbrain_slap.inference import SLAP
+from speechbrain_slap.model_folder import write_checksums
 
 RATE = 16000
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

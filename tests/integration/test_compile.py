@@ -28,7 +28,7 @@ import torch
 from brain_fixtures import capture_step_gradients, micro_batches
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_slap.export import export_model, find_best_checkpoint
+from speechbrain_slap.model_folder import export_model, find_best_checkpoint
 from speechbrain_slap.inference import SLAP
 from speechbrain_slap.lobes.audio_encoder import RECOMPILE_LIMIT
 

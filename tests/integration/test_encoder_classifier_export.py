@@ -21,7 +21,7 @@ from speechbrain_slap.lobes.audio_encoder import SLAPAudioEncoder
 from speechbrain_slap.lobes.classifier import LinearClassifier, SLAPEmbedder
 from speechbrain_slap.lobes.features import SLAPFbank
 from speechbrain_slap.lobes.pooling import MAPooling
-from speechbrain_slap.tagging import export_tagging_model
+from speechbrain_slap.model_folder import export_tagging_model
 
 LABELS = ["dog", "rain", "siren", "speech, man speaking"]
 ARCH = {"embed_dim": 32, "depth": 3, "num_heads": 2, "mlp_hidden": 64, "local_window": 48}

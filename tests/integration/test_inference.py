@@ -2,7 +2,7 @@
 
 The model folder comes from the session fixture ``slap_model_folder``
 (``tests/conftest.py``): the pretraining recipe's tiny model with seeded
-weights, exported with ``speechbrain_slap.export.export_model``.
+weights, exported with ``speechbrain_slap.model_folder.export_model``.
 """
 
 import math
@@ -17,16 +17,16 @@ import torchaudio
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_slap.data.audio import AudioLoadError
-from speechbrain_slap.export import (
+from speechbrain_slap.inference import SLAP, window_starts
+from speechbrain_slap.lobes.features import pad_waveforms
+from speechbrain_slap.lobes.frame_encoder import time_step_features
+from speechbrain_slap.model_folder import (
     ModelFolderError,
     export_model,
     find_best_checkpoint,
     verify_checksums,
     write_checksums,
 )
-from speechbrain_slap.inference import SLAP, window_starts
-from speechbrain_slap.lobes.features import pad_waveforms
-from speechbrain_slap.lobes.frame_encoder import time_step_features
 
 RATE = 16000
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -37,7 +37,7 @@ import speechbrain as sb
 import torch
 
 from speechbrain_slap.brain import NonFiniteLossError, SLAPBrain
-from speechbrain_slap.data.manifest import UnusableItem, collate_usable, loader_kwargs
+from speechbrain_slap.data.pipelines import UnusableItem, collate_usable, loader_kwargs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -410,7 +410,7 @@ def test_ranks_agree_to_skip_a_step_that_one_of_them_found_non_finite(tmp_path):
 
 
 def test_manifest_column_named_like_a_pipeline_output_is_dropped(tmp_path, caplog):
-    from speechbrain_slap.data.manifest import dataio_prepare
+    from speechbrain_slap.data.pipelines import dataio_prepare
     from speechbrain_slap.lobes.caption_decoder import decode_ids, train_caption_tokenizer
 
     soundfile.write(tmp_path / "a.wav", np.zeros(RATE // 2, np.float32), RATE)

@@ -49,9 +49,9 @@ def make_slap_model_folder():
     given ``embed_dim``, ``depth``, ``num_heads``, ``mlp_hidden``). Returns the
     folder and ``{"audio_encoder": ..., "audio_pooling": ...}``.
     """
-    from speechbrain_slap.export import write_checksums
     from speechbrain_slap.lobes.audio_encoder import SLAPAudioEncoder
     from speechbrain_slap.lobes.pooling import MAPooling
+    from speechbrain_slap.model_folder import write_checksums
 
     def make(folder, seed=0, **architecture):
         arch = {**TINY_MODEL, **architecture}

@@ -86,7 +86,7 @@ def model_folder_with_teacher_step(source: Path, target: Path, step: int) -> Pat
     """
     import torch
 
-    from speechbrain_slap.export import write_checksums
+    from speechbrain_slap.model_folder import write_checksums
 
     target.mkdir(parents=True)
     for path in source.iterdir():

@@ -29,8 +29,8 @@ from retrieval_fixtures import (
     tiny_model_args,
 )
 
-from speechbrain_slap.export import verify_checksums
-from speechbrain_slap.retrieval import read_manifest
+from speechbrain_slap.data.manifest import read_clips as read_manifest
+from speechbrain_slap.model_folder import verify_checksums
 
 PREPARE = "recipes/AudioCaps/audiocaps_prepare.py"
 MANIFEST_SPLITS = {"train": "train", "valid": "val", "test": "test"}

@@ -26,7 +26,7 @@ from retrieval_fixtures import (
     tiny_model_args,
 )
 
-from speechbrain_slap.retrieval import read_manifest
+from speechbrain_slap.data.manifest import read_clips as read_manifest
 
 FOLDERS = {"train": "development", "valid": "validation", "test": "evaluation"}
 

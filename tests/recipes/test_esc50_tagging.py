@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechbrain_slap.export import sha256sum
+from speechbrain_slap.model_folder import sha256sum
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "ESC50"

@@ -104,7 +104,7 @@ def _model(model_folder: str):
 def reference_predictions(model_folder: Path, wavs, label_names, templates):
     """``(predicted index, margin)`` per file: each clip alone, prompts embedded one by one.
 
-    Independent of ``speechbrain_slap.zeroshot``: every prompt is embedded on
+    Independent of ``speechbrain_slap.evaluation``: every prompt is embedded on
     its own and the class embedding is the renormalised mean of its prompts.
     """
     model = _model(str(model_folder))

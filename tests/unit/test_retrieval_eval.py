@@ -1,4 +1,4 @@
-"""Tests for speechbrain_slap.retrieval: caption manifests, evaluation and fine-tuning init.
+"""Tests of caption manifests (data.manifest), retrieval and captioning evaluation, loading.
 
 The evaluation functions run on a fake model whose embeddings are chosen by
 hand, so the expected metrics are known; ``load_pretrained`` runs on the
@@ -13,24 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechbrain_slap.export import ModelFolderError, write_checksums
-from speechbrain_slap.metrics import retrieval_metrics
-from speechbrain_slap.retrieval import (
+from speechbrain_slap.data.audio import probe_audio
+from speechbrain_slap.data.manifest import (
     CaptionedClip,
-    caption_clips,
     caption_problem,
+    manifest_wav,
+    manifests_up_to_date,
+    read_prepare_report,
+    save_prepare_report,
+)
+from speechbrain_slap.data.manifest import read_clips as read_manifest
+from speechbrain_slap.data.manifest import write_caption_manifest as write_manifest
+from speechbrain_slap.evaluation import (
+    caption_clips,
     evaluate_captioning,
     evaluate_retrieval,
     evaluate_splits,
-    load_pretrained,
-    manifest_wav,
-    manifests_up_to_date,
-    probe_audio,
-    read_manifest,
-    read_prepare_report,
-    save_prepare_report,
-    write_manifest,
 )
+from speechbrain_slap.metrics import retrieval_metrics
+from speechbrain_slap.model_folder import ModelFolderError, load_pretrained, write_checksums
 
 
 class FakeModel:
@@ -290,3 +291,23 @@ def test_load_pretrained_needs_the_training_files(slap_model_folder, tmp_path):
     shutil.rmtree(folder)
     with pytest.raises(ModelFolderError, match="must be a SLAP model folder"):
         load_pretrained(_pretrainer(folder), folder, tmp_path / "tok", 80)
+
+
+def test_unreadable_clips_are_left_out_of_retrieval_and_listed():
+    """A clip whose audio cannot be read leaves the gallery; its captions leave the queries."""
+    from speechbrain_slap.data.audio import AudioLoadError
+
+    class BrokenClip(FakeModel):
+        def load_audio(self, path):
+            if path.endswith("clip_2.wav"):
+                raise AudioLoadError(path, "cannot decode audio")
+            return super().load_audio(path)
+
+    evaluation = evaluate_retrieval(BrokenClip(4), _clips(4), batch_clips=2)
+    assert evaluation.clip_ids == ["c0", "c1", "c3"]
+    assert evaluation.text_to_audio.tolist() == [0, 0, 1, 1, 2, 2]
+    metrics = evaluation.metrics
+    assert (metrics["n_audios"], metrics["n_texts"], metrics["n_skipped"]) == (3, 6, 1)
+    assert metrics["skipped"] == [
+        {"ID": "c2", "wav": "/audio/clip_2.wav", "reason": "cannot decode audio"}
+    ]

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from speechbrain_slap.data import split_captions
+from speechbrain_slap.data.manifest import read_manifest, split_captions
 from speechbrain_slap.data.shards import (
     main,
     parse_size,
     plan_shards,
-    read_manifest,
     write_shards,
 )
 from speechbrain_slap.data.synthetic import generate_corpus

@@ -11,8 +11,8 @@ import soundfile
 import torch
 from speechbrain.utils.checkpoints import Checkpointer
 
-from speechbrain_slap.data import CAPTION_SEPARATOR, split_captions
-from speechbrain_slap.data.shards import read_manifest, write_shards
+from speechbrain_slap.data.manifest import CAPTION_SEPARATOR, read_manifest, split_captions
+from speechbrain_slap.data.shards import write_shards
 from speechbrain_slap.data.stream import ShardStream, StreamLoader, expand_shards
 from speechbrain_slap.data.synthetic import generate_corpus
 from speechbrain_slap.lobes.caption_decoder import encode_captions, train_caption_tokenizer

@@ -10,12 +10,12 @@ import textwrap
 
 import pytest
 
-from speechbrain_slap.export import (
-    MAX_YAML_NODES,
+from speechbrain_slap.model_folder import (
     ModelFolderError,
     check_yaml_targets,
     untrusted_yaml_targets,
 )
+from speechbrain_slap.model_folder.yaml_check import MAX_YAML_NODES
 
 
 def _write(tmp_path, text: str):

@@ -1,4 +1,4 @@
-"""Tests for zeroshot.py: accuracy report, batching, skipping, and the files it writes.
+"""Tests for the zero-shot evaluation (evaluation.py): accuracy report, batching, skipping.
 
 ``evaluate_zero_shot`` is run with a stand-in model whose embeddings are known
 (the class of a clip is coded in its length), so every accuracy has a
@@ -15,16 +15,12 @@ import soundfile
 import torch
 
 from speechbrain_slap.data.audio import load_audio
+from speechbrain_slap.data.manifest import read_labelled_manifest as read_manifest
+from speechbrain_slap.data.manifest import write_labelled_manifest as write_manifest
+from speechbrain_slap.evaluation import accuracy_report, confusion_matrix, evaluate_zero_shot
+from speechbrain_slap.evaluation import embed_files as embed_clips
 from speechbrain_slap.metrics import zero_shot_accuracy
-from speechbrain_slap.zeroshot import (
-    accuracy_report,
-    confusion_matrix,
-    embed_clips,
-    evaluate_zero_shot,
-    plot_confusion_matrix,
-    read_manifest,
-    write_manifest,
-)
+from speechbrain_slap.plots import plot_confusion_matrix
 
 RATE = 1000  # the stand-in model's sample rate
 STEP = 0.1  # a clip of class k lasts (k + 1) * STEP seconds

@@ -20,25 +20,14 @@ Authors
 import sys
 from pathlib import Path
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
-
-from speechbrain_slap.inference import SLAP
-from speechbrain_slap.retrieval import evaluate_captioning
+from speechbrain_slap.evaluation import captioning_recipe
+from speechbrain_slap.recipe import load_hparams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from audiocaps_prepare import prepare_audiocaps  # noqa: E402
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts, _, _ = load_hparams(sys.argv[1:])
     split = hparams["eval_split"]
     prepared = prepare_audiocaps(
         data_folder=hparams["data_folder"],
@@ -48,19 +37,4 @@ if __name__ == "__main__":
         audio_pattern=hparams["audio_pattern"],
     )
 
-    model = SLAP.from_hparams(source=hparams["pretrained_model"], run_opts=run_opts)
-    evaluate_captioning(
-        model,
-        Path(hparams["manifest_folder"]) / f"{split}.csv",
-        data_folder=hparams["data_folder"],
-        output_folder=hparams["output_folder"],
-        beam_size=hparams["beam_size"],
-        batch_clips=hparams["batch_clips"],
-        compute_metrics=hparams["compute_metrics"],
-        spice=hparams["spice"],
-        extra={
-            "pretrained_model": str(hparams["pretrained_model"]),
-            "split": split,
-            "prepare": prepared,
-        },
-    )
+    captioning_recipe(hparams, run_opts, prepared)

@@ -31,7 +31,8 @@ import logging
 import os
 from pathlib import Path
 
-import soundfile
+from speechbrain_slap.data.audio import probe_audio
+from speechbrain_slap.data.manifest import write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +196,8 @@ def prepare_audioset(
             )
         rows["train" if split != "eval" else "eval"] += found
 
-    save_folder.mkdir(parents=True, exist_ok=True)
     for name, path in outputs.items():
-        with open(path, "w", newline="") as fout:
-            writer = csv.DictWriter(fout, fieldnames=MANIFEST_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows[name])
+        write_rows(path, rows[name], MANIFEST_COLUMNS)
         logger.info("%s: %d segments", path, len(rows[name]))
     options_file.write_text(json.dumps(options))
     return outputs
@@ -223,9 +220,8 @@ def _split_rows(segment_csv, audio_root, split_folder, template, known_mids) -> 
         if path is None:
             missing.append(name)
             continue
-        try:
-            duration = soundfile.info(str(path)).duration
-        except (RuntimeError, soundfile.LibsndfileError):
+        duration, problem = probe_audio(path)
+        if problem:
             unreadable.append(str(path))
             continue
         rows.append(

@@ -12,7 +12,7 @@ split: every clip is in one fold, ``all``.
 
 ``1076_MTI_SAD_XX.wav`` is near-empty (no audible speech) and is left out by
 default (``exclude``), as common loaders do; the evaluation is then over
-7,441 clips. A file soundfile cannot open is kept with duration 0 and a
+7,441 clips. A file whose header cannot be read is kept with duration 0 and a
 warning (the evaluation skips it); git-lfs pointer files, what a download of
 the repository as a zip gives, are named as such.
 
@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import SINGLE_FOLD, audio_duration, write_manifest
+from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_clips
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ EMOTIONS = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 LEVELS = ("LO", "MD", "HI", "XX")
 NEAR_EMPTY = ("1076_MTI_SAD_XX",)
 FILE_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
-LFS_POINTER = b"version https://git-lfs"
 
 
 def prepare_cremad(
@@ -60,12 +59,13 @@ def prepare_cremad(
     Path
         The manifest.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifest = save_folder / MANIFEST_NAME
-    if manifest.is_file():
-        logger.info("%s exists, skipping preparation", manifest)
-        return manifest
+    data_folder = Path(data_folder)
+    clips = _clips(data_folder, exclude)
+    return write_labelled_clips(Path(save_folder) / MANIFEST_NAME, clips, data_folder, EXTRA_FIELDS)
 
+
+def _clips(data_folder: Path, exclude: Sequence[str]):
+    """``(file, row)`` of every clip of ``AudioWAV/`` but ``exclude`` (read lazily)."""
     audio_folder = data_folder / "AudioWAV"
     if not audio_folder.is_dir():
         raise FileNotFoundError(
@@ -74,35 +74,24 @@ def prepare_cremad(
     files = sorted(audio_folder.glob("*.wav"))
     if not files:
         raise FileNotFoundError(f"{audio_folder} holds no .wav file")
-
-    rows, unreadable, excluded = [], [], []
+    excluded = [path.stem for path in files if path.stem in exclude]
+    if excluded:
+        logger.info("left out %d clips: %s", len(excluded), ", ".join(excluded))
     for path in files:
         if path.stem in exclude:
-            excluded.append(path.stem)
             continue
         actor, sentence, emotion, level = _parse_name(path)
-        duration = audio_duration(path)
-        if duration is None:
-            unreadable.append(path)
-        rows.append(
+        yield (
+            path,
             {
                 "ID": path.stem,
-                "duration": 0.0 if duration is None else duration,
-                "wav": f"$data_root/AudioWAV/{path.name}",
                 "label": emotion,
                 "fold": SINGLE_FOLD,
                 "actor": actor,
                 "sentence": sentence,
                 "level": level,
-            }
+            },
         )
-    if excluded:
-        logger.info("left out %d clips: %s", len(excluded), ", ".join(excluded))
-    if unreadable:
-        _warn_unreadable(unreadable)
-    write_manifest(rows, manifest, EXTRA_FIELDS)
-    logger.info("%s: %d clips", manifest, len(rows))
-    return manifest
 
 
 def _parse_name(path: Path) -> tuple[str, str, str, str]:
@@ -122,19 +111,3 @@ def _parse_name(path: Path) -> tuple[str, str, str, str]:
         if value not in allowed:
             raise ValueError(f"{path}: {field} {value!r} is not one of {allowed}")
     return actor, sentence, emotion, level
-
-
-def _warn_unreadable(paths: list[Path]) -> None:
-    """Logs the files soundfile cannot open, naming git-lfs pointers as such."""
-    pointers = [p for p in paths if p.read_bytes()[: len(LFS_POINTER)] == LFS_POINTER]
-    logger.warning(
-        "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
-        len(paths),
-        ", ".join(str(p) for p in paths),
-    )
-    if pointers:
-        logger.warning(
-            "%d of them are git-lfs pointer files, not audio: fetch the audio with "
-            "`git lfs pull` in the CREMA-D clone",
-            len(pointers),
-        )

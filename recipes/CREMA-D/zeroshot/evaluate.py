@@ -10,7 +10,7 @@ no official split, so top-1 accuracy is over all clips (one fold, ``all``).
         --data_folder=/data/CREMA-D --pretrained_model=/models/slap_wavcaps
 
 Writes ``results.json``, ``predictions.csv`` and ``confusion_matrix.png`` to
-``output_folder`` (see ``speechbrain_slap.zeroshot.evaluate_zero_shot``).
+``output_folder`` (see ``speechbrain_slap.evaluation.evaluate_zero_shot``).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -18,24 +18,14 @@ Authors
 
 import sys
 
-import speechbrain as sb
 from cremad_prepare import prepare_cremad
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_slap.inference import SLAP
-from speechbrain_slap.zeroshot import evaluate_zero_shot
+from speechbrain_slap.evaluation import zero_shot_recipe
+from speechbrain_slap.recipe import load_hparams
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts, _, _ = load_hparams(sys.argv[1:])
 
     prepare_kwargs = {
         "data_folder": hparams["data_folder"],
@@ -45,19 +35,4 @@ if __name__ == "__main__":
     run_on_main(prepare_cremad, kwargs=prepare_kwargs)
     manifest = prepare_cremad(**prepare_kwargs)
 
-    model = SLAP.from_hparams(
-        source=hparams["pretrained_model"],
-        run_opts=run_opts,
-        batch_seconds=hparams["batch_seconds"],
-    )
-    evaluate_zero_shot(
-        model,
-        manifest,
-        labels=hparams["labels"],
-        label_names=hparams["label_names"],
-        templates=hparams["templates"],
-        output_folder=hparams["output_folder"],
-        replacements={"data_root": hparams["data_folder"]},
-        batch_seconds=hparams["batch_seconds"],
-        info={"dataset": "CREMA-D", "pretrained_model": str(hparams["pretrained_model"])},
-    )
+    zero_shot_recipe(hparams, run_opts, manifest, "CREMA-D")

@@ -21,40 +21,18 @@ Authors
 import sys
 from pathlib import Path
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
-
-from speechbrain_slap.inference import SLAP
-from speechbrain_slap.retrieval import evaluate_splits
+from speechbrain_slap.evaluation import retrieval_recipe
+from speechbrain_slap.recipe import load_hparams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clotho_prepare import prepare_clotho  # noqa: E402
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts, _, _ = load_hparams(sys.argv[1:])
     prepared = prepare_clotho(
         data_folder=hparams["data_folder"],
         save_folder=hparams["manifest_folder"],
         splits=hparams["eval_splits"],
     )
 
-    model = SLAP.from_hparams(source=hparams["pretrained_model"], run_opts=run_opts)
-    evaluate_splits(
-        model,
-        {
-            split: Path(hparams["manifest_folder"]) / f"{split}.csv"
-            for split in hparams["eval_splits"]
-        },
-        data_folder=hparams["data_folder"],
-        output_folder=hparams["output_folder"],
-        batch_clips=hparams["batch_clips"],
-        extra={"pretrained_model": str(hparams["pretrained_model"]), "prepare": prepared},
-    )
+    retrieval_recipe(hparams, run_opts, prepared)

@@ -6,7 +6,7 @@ with all three losses (contrastive, masked self-distillation, captioning).
 Every module, the EMA teacher and the caption tokenizer start from a SLAP
 model folder (``--pretrained_model``); the training loop is the pretraining
 recipe's (``SLAPBrain``, and the data pipelines and duration batches of
-``speechbrain_slap.data.manifest``, which skip and count unusable rows and
+``speechbrain_slap.data.pipelines``, which skip and count unusable rows and
 files). The model trains on the development clips, whole (up to 30 s, never
 cropped). Retrieval over all validation captions is checked every epoch; the
 checkpoint with the best mean R@1 is kept, evaluated on the evaluation clips
@@ -24,29 +24,17 @@ Authors
 import sys
 from pathlib import Path
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from speechbrain_slap.brain import SLAPBrain
-from speechbrain_slap.data.manifest import dataio_prepare
-from speechbrain_slap.export import export_model, find_best_checkpoint
-from speechbrain_slap.retrieval import fit_and_test, load_pretrained
+from speechbrain_slap.data.pipelines import dataio_prepare
+from speechbrain_slap.recipe import finetune, init_from_model_folder, load_hparams, make_brain
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clotho_prepare import prepare_clotho  # noqa: E402
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts, _, _ = load_hparams(sys.argv[1:])
     run_on_main(
         prepare_clotho,
         kwargs={
@@ -56,30 +44,6 @@ if __name__ == "__main__":
     )
 
     # Start from the pretrained model: weights, teacher and caption tokenizer.
-    tokenizer = load_pretrained(
-        hparams["pretrainer"],
-        hparams["pretrained_model"],
-        hparams["tokenizer_folder"],
-        hparams["vocab_size"],
-    )
-    hparams["teacher"].step.zero_()  # the EMA schedule spans the fine-tuning steps
-
+    tokenizer = init_from_model_folder(hparams)
     datasets = dataio_prepare(hparams, tokenizer)
-    brain = SLAPBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    fit_and_test(brain, hparams, datasets)
-
-    run_on_main(
-        export_model,
-        kwargs={
-            "output_folder": hparams["output_folder"],
-            "model_folder": hparams["model_folder"],
-            "checkpoint": find_best_checkpoint(brain.checkpointer.checkpoints_dir),
-            "overwrite": True,
-        },
-    )
+    finetune(make_brain(SLAPBrain, hparams, run_opts), hparams, datasets)

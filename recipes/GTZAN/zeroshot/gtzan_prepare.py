@@ -11,8 +11,8 @@ and writes one SpeechBrain CSV manifest:
 
 ``label`` is the genre folder. Zero-shot uses every clip, so there is one
 fold, ``all`` (the fault-filtered split of torchaudio is for training).
-``jazz.00054.wav`` of the Kaggle copy is corrupt: like any file soundfile
-cannot open, it is kept with duration 0 and a warning, and the evaluation
+``jazz.00054.wav`` of the Kaggle copy is corrupt: like any file whose header
+cannot be read, it is kept with duration 0 and a warning, and the evaluation
 skips it and lists it in its results (999 clips evaluated).
 
 Authors
@@ -23,7 +23,7 @@ import logging
 import re
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import SINGLE_FOLD, audio_duration, write_manifest
+from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_clips
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,14 @@ def prepare_gtzan(data_folder: str | Path, save_folder: str | Path) -> Path:
     Path
         The manifest.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifest = save_folder / MANIFEST_NAME
-    if manifest.is_file():
-        logger.info("%s exists, skipping preparation", manifest)
-        return manifest
+    data_folder = Path(data_folder)
+    return write_labelled_clips(Path(save_folder) / MANIFEST_NAME, _clips(data_folder), data_folder)
 
+
+def _clips(data_folder: Path):
+    """``(file, row)`` of every clip of the genre folders, in name order (read lazily)."""
     root = _genre_root(data_folder)
-    rows, unreadable = [], []
+    found = 0
     for genre_folder in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(p for p in genre_folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
         for path in files:
@@ -68,31 +68,13 @@ def prepare_gtzan(data_folder: str | Path, save_folder: str | Path) -> Path:
                     f"{path}: expected a name {genre_folder.name}.000NN{path.suffix} "
                     f"in the genre folder {genre_folder.name}/"
                 )
-            duration = audio_duration(path)
-            if duration is None:
-                unreadable.append(str(path))
-            rows.append(
-                {
-                    "ID": path.stem,
-                    "duration": 0.0 if duration is None else duration,
-                    "wav": f"$data_root/{path.relative_to(data_folder).as_posix()}",
-                    "label": genre_folder.name,
-                    "fold": SINGLE_FOLD,
-                }
-            )
-    if not rows:
+            found += 1
+            yield path, {"ID": path.stem, "label": genre_folder.name, "fold": SINGLE_FOLD}
+    if not found:
         raise FileNotFoundError(
             f"no {' or '.join(AUDIO_SUFFIXES)} clip in the genre folders of {root}"
         )
-    if unreadable:
-        logger.warning(
-            "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
-            len(unreadable),
-            ", ".join(unreadable),
-        )
-    write_manifest(rows, manifest)
-    logger.info("%s: %d clips from %s", manifest, len(rows), root)
-    return manifest
+    logger.info("GTZAN: %d clips from %s", found, root)
 
 
 def _genre_root(data_folder: Path) -> Path:

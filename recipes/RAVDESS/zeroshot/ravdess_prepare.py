@@ -15,7 +15,7 @@ Writes one SpeechBrain CSV manifest:
 calm, happy, sad, angry, fearful, disgust, surprised`` for codes 01-08).
 RAVDESS has no official split: every clip is in one fold, ``all``. Song
 files (vocal channel 02) or other modalities found in the actor folders are
-left out with a log line. A file soundfile cannot open is kept with duration
+left out with a log line. A file whose header cannot be read is kept with duration
 0 and a warning (the evaluation skips it).
 
 Authors
@@ -26,7 +26,7 @@ import logging
 import re
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import SINGLE_FOLD, audio_duration, write_manifest
+from speechbrain_slap.data.manifest import SINGLE_FOLD, write_labelled_clips
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +66,15 @@ def prepare_ravdess(data_folder: str | Path, save_folder: str | Path) -> Path:
     Path
         The manifest.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifest = save_folder / MANIFEST_NAME
-    if manifest.is_file():
-        logger.info("%s exists, skipping preparation", manifest)
-        return manifest
+    data_folder = Path(data_folder)
+    clips = _clips(data_folder)
+    return write_labelled_clips(Path(save_folder) / MANIFEST_NAME, clips, data_folder, EXTRA_FIELDS)
 
+
+def _clips(data_folder: Path):
+    """``(file, row)`` of every audio-only speech clip of the actor folders (read lazily)."""
     root, actors = _actor_folders(data_folder)
-    rows, unreadable, left_out = [], [], []
+    found, left_out = 0, []
     for actor_folder in actors:
         actor = ACTOR_FOLDER.match(actor_folder.name).group(1)
         for path in sorted(actor_folder.glob("*.wav")):
@@ -81,21 +82,18 @@ def prepare_ravdess(data_folder: str | Path, save_folder: str | Path) -> Path:
             if (modality, channel) != (AUDIO_ONLY, SPEECH):
                 left_out.append(path.name)
                 continue
-            duration = audio_duration(path)
-            if duration is None:
-                unreadable.append(str(path))
-            rows.append(
+            found += 1
+            yield (
+                path,
                 {
                     "ID": path.stem,
-                    "duration": 0.0 if duration is None else duration,
-                    "wav": f"$data_root/{path.relative_to(data_folder).as_posix()}",
                     "label": EMOTIONS[emotion],
                     "fold": SINGLE_FOLD,
                     "actor": actor,
                     "intensity": intensity,
                     "statement": statement,
                     "repetition": repetition,
-                }
+                },
             )
     if left_out:
         logger.info(
@@ -103,17 +101,9 @@ def prepare_ravdess(data_folder: str | Path, save_folder: str | Path) -> Path:
             len(left_out),
             ", ".join(left_out),
         )
-    if unreadable:
-        logger.warning(
-            "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
-            len(unreadable),
-            ", ".join(unreadable),
-        )
-    if not rows:
+    if not found:
         raise FileNotFoundError(f"no audio-only speech clip (03-01-*.wav) under {root}")
-    write_manifest(rows, manifest, EXTRA_FIELDS)
-    logger.info("%s: %d clips of %d actors from %s", manifest, len(rows), len(actors), root)
-    return manifest
+    logger.info("RAVDESS: %d clips of %d actors from %s", found, len(actors), root)
 
 
 def _actor_folders(data_folder: Path) -> tuple[Path, list[Path]]:

@@ -14,12 +14,12 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
-import csv
 import json
 import logging
 from pathlib import Path
 
-import soundfile
+from speechbrain_slap.data.audio import probe_duration
+from speechbrain_slap.data.manifest import write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def prepare_speech_commands(
             rows[split_of.pop(relative, "train")].append(
                 {
                     "ID": f"{word}/{path.stem}",
-                    "duration": f"{soundfile.info(str(path)).duration:.3f}",
+                    "duration": f"{probe_duration(path):.3f}",
                     "wav": f"$data_root/{relative}",
                     "label": word,
                     "speaker": path.stem.split("_nohash_")[0],
@@ -126,12 +126,8 @@ def prepare_speech_commands(
             f"{data_folder}, e.g. {listed_missing[:3]}"
         )
 
-    save_folder.mkdir(parents=True, exist_ok=True)
     for split, path in outputs.items():
-        with open(path, "w", newline="") as fout:
-            writer = csv.DictWriter(fout, fieldnames=MANIFEST_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows[split])
+        write_rows(path, rows[split], MANIFEST_COLUMNS)
         logger.info("%s: %d clips", path, len(rows[split]))
     options_file.write_text(json.dumps(options))
     return outputs

@@ -10,8 +10,8 @@ of every slice with its fold:
 ``label`` is the ``class`` column (``dog_bark``), ``wav`` is
 ``$data_root/audio/fold<fold>/<slice_file_name>`` (``$data_root`` is replaced
 by ``data_folder`` when the manifest is read). A slice listed in the CSV
-without its audio file is an error (an incomplete copy); a file soundfile
-cannot open is kept with duration 0 and a warning, and the evaluation skips it.
+without its audio file is an error (an incomplete copy); a file whose header
+cannot be read is kept with duration 0 and a warning, and the evaluation skips it.
 
 Authors
  * speechbrain-slap contributors 2026
@@ -21,7 +21,7 @@ import csv
 import logging
 from pathlib import Path
 
-from speechbrain_slap.zeroshot import audio_duration, write_manifest
+from speechbrain_slap.data.manifest import write_labelled_clips
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,13 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
     Path
         The manifest.
     """
-    data_folder, save_folder = Path(data_folder), Path(save_folder)
-    manifest = save_folder / MANIFEST_NAME
-    if manifest.is_file():
-        logger.info("%s exists, skipping preparation", manifest)
-        return manifest
+    data_folder = Path(data_folder)
+    clips = _clips(data_folder)
+    return write_labelled_clips(Path(save_folder) / MANIFEST_NAME, clips, data_folder, EXTRA_FIELDS)
 
+
+def _clips(data_folder: Path):
+    """``(file, row)`` of every slice of ``metadata/UrbanSound8K.csv``, checked (read lazily)."""
     meta = data_folder / "metadata" / "UrbanSound8K.csv"
     if not meta.is_file():
         raise FileNotFoundError(
@@ -68,8 +69,7 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
         records = list(enumerate(reader, start=2))
     if not records:
         raise ValueError(f"{meta} lists no slices")
-
-    rows, unreadable, class_names = [], [], {}
+    class_names = {}
     for line, record in records:
         where = f"{meta}, line {line}"
         fold = _fold(record["fold"], where)
@@ -78,34 +78,20 @@ def prepare_urbansound8k(data_folder: str | Path, save_folder: str | Path) -> Pa
             raise ValueError(
                 f"{where}: classID {class_id} is both {class_names[class_id]!r} and {name!r}"
             )
-        relative = Path("audio") / f"fold{fold}" / record["slice_file_name"]
-        path = data_folder / relative
+        path = data_folder / "audio" / f"fold{fold}" / record["slice_file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"{where}: audio file {path} not found")
-        duration = audio_duration(path)
-        if duration is None:
-            unreadable.append(str(path))
-        rows.append(
+        yield (
+            path,
             {
                 "ID": Path(record["slice_file_name"]).stem,
-                "duration": 0.0 if duration is None else duration,
-                "wav": f"$data_root/{relative.as_posix()}",
                 "label": name,
                 "fold": fold,
                 "class_id": class_id,
                 "fsID": record["fsID"],
                 "salience": record["salience"],
-            }
+            },
         )
-    if unreadable:
-        logger.warning(
-            "%d files soundfile cannot open (kept, skipped by the evaluation): %s",
-            len(unreadable),
-            ", ".join(unreadable),
-        )
-    write_manifest(rows, manifest, EXTRA_FIELDS)
-    logger.info("%s: %d slices", manifest, len(rows))
-    return manifest
 
 
 def _fold(value: str, where: str) -> int:

@@ -7,7 +7,7 @@ code path is the fine-tuning one of the AudioCaps and Clotho recipes: every
 module, the EMA teacher and the caption tokenizer start from a SLAP model
 folder (``--pretrained_model``) and the training loop is the pretraining
 recipe's (``SLAPBrain``, and the data pipelines and duration batches of
-``speechbrain_slap.data.manifest``, which skip and count unusable rows and
+``speechbrain_slap.data.pipelines``, which skip and count unusable rows and
 files). Retrieval on a held-out WavCaps split keeps the checkpoint with the
 best mean R@1, which is re-scored on it (``test_results.json``) and exported to
 ``<output_folder>/model``; run the zero-shot classification recipes on that
@@ -23,27 +23,15 @@ Authors
 
 import sys
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from wavcaps_prepare import prepare_wavcaps
 
 from speechbrain_slap.brain import SLAPBrain
-from speechbrain_slap.data.manifest import dataio_prepare
-from speechbrain_slap.export import export_model, find_best_checkpoint
-from speechbrain_slap.retrieval import fit_and_test, load_pretrained
+from speechbrain_slap.data.pipelines import dataio_prepare
+from speechbrain_slap.recipe import finetune, init_from_model_folder, load_hparams, make_brain
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts, _, _ = load_hparams(sys.argv[1:])
     run_on_main(
         prepare_wavcaps,
         kwargs={
@@ -58,30 +46,6 @@ if __name__ == "__main__":
     )
 
     # Start from the pretrained model: weights, teacher and caption tokenizer.
-    tokenizer = load_pretrained(
-        hparams["pretrainer"],
-        hparams["pretrained_model"],
-        hparams["tokenizer_folder"],
-        hparams["vocab_size"],
-    )
-    hparams["teacher"].step.zero_()  # the EMA schedule spans the fine-tuning steps
-
+    tokenizer = init_from_model_folder(hparams)
     datasets = dataio_prepare(hparams, tokenizer)
-    brain = SLAPBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    fit_and_test(brain, hparams, datasets)
-
-    run_on_main(
-        export_model,
-        kwargs={
-            "output_folder": hparams["output_folder"],
-            "model_folder": hparams["model_folder"],
-            "checkpoint": find_best_checkpoint(brain.checkpointer.checkpoints_dir),
-            "overwrite": True,
-        },
-    )
+    finetune(make_brain(SLAPBrain, hparams, run_opts), hparams, datasets)

@@ -36,17 +36,15 @@ Authors
 import json
 import logging
 import random
-import string
 from collections.abc import Sequence
 from pathlib import Path
 
-from speechbrain_slap.retrieval import (
-    CaptionedClip,
-    manifests_up_to_date,
-    probe_audio,
-    read_prepare_report,
+from speechbrain_slap.data.manifest import (
+    check_audio_pattern,
+    earlier_preparation,
+    probed_clip,
     save_prepare_report,
-    write_manifest,
+    write_caption_manifest,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,17 +97,10 @@ def prepare_wavcaps(
     Returns
     -------
     dict
-        ``{"train": counts, "valid": counts}`` as ``write_manifest`` reports them.
+        ``{"train": counts, "valid": counts}`` as ``write_caption_manifest`` reports them.
     """
-    if skip_prep:
-        return read_prepare_report(save_folder)
     json_files = dict(json_files or DEFAULT_JSON_FILES)
-    fields = {name for _, name, _, _ in string.Formatter().parse(audio_pattern) if name}
-    if not fields <= PATTERN_FIELDS:
-        raise ValueError(
-            f"audio_pattern {audio_pattern!r} uses {sorted(fields - PATTERN_FIELDS)}; "
-            f"the fields are {sorted(PATTERN_FIELDS)}"
-        )
+    check_audio_pattern(audio_pattern, PATTERN_FIELDS)
     options = {
         "data_folder": data_folder,
         "json_files": json_files,
@@ -118,9 +109,9 @@ def prepare_wavcaps(
         "n_valid": n_valid,
         "seed": seed,
     }
-    if manifests_up_to_date(save_folder, ["train", "valid"], options):
-        logger.info("WavCaps manifests in %s are up to date, preparation skipped", save_folder)
-        return read_prepare_report(save_folder)
+    earlier = earlier_preparation(save_folder, ["train", "valid"], options, skip_prep)
+    if earlier is not None:
+        return earlier
 
     data_folder = Path(data_folder)
     blacklist = read_blacklists([data_folder / f for f in blacklist_files])
@@ -135,15 +126,9 @@ def prepare_wavcaps(
                 skipped.append((clip_id, "blacklisted"))
             elif clip_id in seen:
                 skipped.append((clip_id, "duplicate id"))
-            elif not path.is_file():
-                skipped.append((clip_id, "audio file missing"))
             else:
-                if duration is None:
-                    duration, problem = probe_audio(path)
-                    if problem:
-                        skipped.append((clip_id, problem))
-                        continue
-                clips.append(CaptionedClip(clip_id, str(path), duration, [caption]))
+                clip = probed_clip(clip_id, path, [caption], skipped, duration)
+                clips += [clip] if clip else []
             seen.add(clip_id)
 
     if n_valid >= len(clips):
@@ -154,8 +139,10 @@ def prepare_wavcaps(
     valid = [clip for i, clip in enumerate(clips) if i in held_out]
     train = [clip for i, clip in enumerate(clips) if i not in held_out]
     report = {
-        "train": write_manifest(Path(save_folder) / "train.csv", train, data_folder, skipped),
-        "valid": write_manifest(Path(save_folder) / "valid.csv", valid, data_folder),
+        "train": write_caption_manifest(
+            Path(save_folder) / "train.csv", train, data_folder, skipped
+        ),
+        "valid": write_caption_manifest(Path(save_folder) / "valid.csv", valid, data_folder),
     }
     logger.info("WavCaps: %s", report)
     save_prepare_report(save_folder, options, report)

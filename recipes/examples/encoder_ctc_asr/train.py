@@ -27,11 +27,11 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_slap.export import check_encoder_matches
+from speechbrain_slap.data.audio import load_audio
 from speechbrain_slap.lobes.features import pad_to_hop
+from speechbrain_slap.recipe import init_from_model_folder, load_hparams, make_brain
 
 logger = logging.getLogger(__name__)
 
@@ -117,26 +117,18 @@ class CTCBrain(sb.Brain):
 
 
 def load_pretrained_encoder(hparams: dict, hparams_file: str | Path, overrides: str | dict | None):
-    """Loads the encoder weights of ``pretrained_model`` (if one is given).
+    """Loads the encoder weights of ``pretrained_model`` (if one is given), checked first.
 
     Arguments
     ---------
     hparams : dict
         The loaded hyperparameters (``pretrained_model``, ``pretrainer``).
     hparams_file : str or Path
-        The yaml they were loaded from.
+        The yaml they were loaded from (its encoder must be the folder's).
     overrides : str or dict or None
         The overrides they were loaded with.
     """
-    if not hparams["pretrained_model"]:
-        logger.warning(
-            "pretrained_model is empty: the SLAP encoder starts from random weights%s",
-            " and stays frozen" if hparams["freeze_encoder"] else "",
-        )
-        return
-    check_encoder_matches(hparams_file, overrides, hparams["pretrained_model"])
-    run_on_main(hparams["pretrainer"].collect_files)
-    hparams["pretrainer"].load_collected()
+    init_from_model_folder(hparams, encoder_yaml=(hparams_file, overrides))
 
 
 def dataio_prepare(hparams: dict):
@@ -158,7 +150,7 @@ def dataio_prepare(hparams: dict):
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
-        return sb.dataio.dataio.read_audio(wav)
+        return load_audio(wav, hparams["sample_rate"])
 
     label_encoder = sb.dataio.encoder.CTCTextEncoder()
 
@@ -195,16 +187,7 @@ def dataio_prepare(hparams: dict):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    with open(hparams_file) as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-
-    sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts, hparams_file, overrides = load_hparams(sys.argv[1:])
 
     from generate_data import generate_speech_data  # beside this script
 
@@ -222,13 +205,7 @@ if __name__ == "__main__":
     datasets, label_encoder = dataio_prepare(hparams)
     load_pretrained_encoder(hparams, hparams_file, overrides)
 
-    brain = CTCBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain = make_brain(CTCBrain, hparams, run_opts)
     brain.label_encoder = label_encoder
     brain.fit(
         epoch_counter=brain.hparams.epoch_counter,
