@@ -28,9 +28,9 @@ import torch
 from brain_fixtures import capture_step_gradients, micro_batches
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_slap.model_folder import export_model, find_best_checkpoint
 from speechbrain_slap.inference import SLAP
 from speechbrain_slap.lobes.audio_encoder import RECOMPILE_LIMIT
+from speechbrain_slap.model_folder import export_model, find_best_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_COMPILED = {
