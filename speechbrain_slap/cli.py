@@ -119,7 +119,7 @@ def check_text(value: str, name: str) -> str:
     -------
     >>> check_text("café", "--labels")
     'café'
-    >>> check_text(b"caf\xe9".decode("utf-8", "surrogateescape"), "QUERY 1")
+    >>> check_text(b"caf\\xe9".decode("utf-8", "surrogateescape"), "QUERY 1")
     Traceback (most recent call last):
     ...
     speechbrain_slap.cli.CommandError: QUERY 1: bytes that are not UTF-8 ('caf\\xe9')
