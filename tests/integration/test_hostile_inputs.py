@@ -385,3 +385,13 @@ def test_a_non_utf8_file_name_is_read(model, tmp_path, capsys, slap_model_folder
         capsys, "embed", "--model", slap_model_folder, path, "-o", tmp_path / "e.npy"
     )
     assert code == 0
+
+
+def test_outputs_keep_a_non_utf8_file_name(tmp_path):
+    from speechbrain_slap.outputs import write_csv, write_json
+
+    name = os.fsdecode(b"caf\xe9.wav")
+    assert json.loads(write_json(tmp_path / "r.json", {"file": name}).read_text()) == {"file": name}
+    assert (
+        write_csv(tmp_path / "r.csv", ["file"], [[name]]).read_bytes() == b"file\r\ncaf\xe9.wav\r\n"
+    )
