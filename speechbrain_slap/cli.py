@@ -55,15 +55,29 @@ import sys
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
+_STARTING = {"command": None}
+
+
 def _interrupted_at_start_up(signum, frame):
-    """Ctrl-C while the ``slap`` program imports its modules: one line, exit 130."""
-    os.write(2, b"slap: interrupted\n")
+    """Ctrl-C while ``slap`` imports its modules and loads the model: one line, exit 130.
+
+    Nothing has been written yet, so the process ends at once: a KeyboardInterrupt
+    raised inside a library's import can come out as another error (SciPy's
+    NumPy wrapper turns it into a RecursionError).
+    """
+    command = _STARTING["command"]
+    os.write(2, f"slap{f' {command}' if command else ''}: interrupted\n".encode())
     os._exit(EXIT_INTERRUPTED)
 
 
+def _start_up_done() -> None:
+    """From here Ctrl-C raises KeyboardInterrupt (outputs are cleaned up, one line, 130)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "slap":
-    # Run as the program (not imported): until ``main`` starts, Ctrl-C ends it quietly
-    # (nothing has been written yet); ``main`` then turns it back into KeyboardInterrupt.
+    # Run as the program (not imported): during start-up Ctrl-C ends it at once.
     signal.signal(signal.SIGINT, _interrupted_at_start_up)
 
 import argparse  # noqa: E402
@@ -351,12 +365,14 @@ def open_model(args: argparse.Namespace):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    return load_slap(
+    model = load_slap(
         args.model,
         run_opts={"device": args.device},
         batch_seconds=args.batch_seconds,
         trust_remote_code=args.trust_remote_code,
     )
+    _start_up_done()
+    return model
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
@@ -560,6 +576,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``slap export``: a recipe output's best (or given) checkpoint -> model folder."""
     from speechbrain_slap.model_folder import export_model, verify_checksums
 
+    _start_up_done()
+
     folder = export_model(args.recipe_output, args.model_folder, args.checkpoint, args.overwrite)
     files = sorted(verify_checksums(folder))
     document = {"model_folder": str(folder), "files": files, "model_digest": model_digest(folder)}
@@ -571,6 +589,7 @@ def run_shards(argv: Sequence[str]) -> int:
     """``slap shards ARGS...``: forwards ``ARGS`` to ``speechbrain_slap.data.shards.main``."""
     from speechbrain_slap.data import shards
 
+    _start_up_done()
     return shards.main(list(argv))
 
 
@@ -578,6 +597,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``slap demo``: packed vs one-at-a-time embeddings of generated clips."""
     from speechbrain_slap.demo import run_demo
     from speechbrain_slap.hparams import architecture_file
+
+    _start_up_done()
 
     try:
         summary = run_demo(
@@ -759,10 +780,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["classify", "--model", "no/such/folder", "a.wav", "--labels", " , "])
     2
     """
-    if signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in _COMMANDS else None
+    _STARTING["command"] = command
     try:
         _printable_file_names()
         code = _run(argv)
