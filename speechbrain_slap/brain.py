@@ -106,6 +106,36 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 
 
+def persistent_debug_checkpoints(run_opts: dict | None) -> dict | None:
+    """``run_opts`` with ``debug_persistently`` set when ``debug`` is.
+
+    SpeechBrain's ``--debug`` moves the checkpointer into a temporary folder
+    deleted at exit, so the checkpoints of a debug run are gone and ``slap
+    export`` of its output finds none. Debug runs of these recipes checkpoint
+    into ``<output_folder>/save`` like real runs, so the whole pipeline (train,
+    export, load) can be tried in minutes.
+
+    Arguments
+    ---------
+    run_opts : dict, optional
+        SpeechBrain's run options.
+
+    Returns
+    -------
+    dict or None
+
+    Example
+    -------
+    >>> persistent_debug_checkpoints({"debug": True})
+    {'debug': True, 'debug_persistently': True}
+    >>> persistent_debug_checkpoints({"debug": False})
+    {'debug': False}
+    """
+    if run_opts and run_opts.get("debug"):
+        return {**run_opts, "debug_persistently": True}
+    return run_opts
+
+
 class SLAPBrain(sb.Brain):
     """SpeechBrain ``Brain`` for SLAP pretraining and fine-tuning.
 
@@ -119,7 +149,21 @@ class SLAPBrain(sb.Brain):
     ``packing`` (default True; False pads every clip to ``max_duration``),
     ``contrastive_gradient_cache`` (default False) and
     ``max_nonfinite_steps_in_row`` (default 20; see the module docstring).
+
+    Under ``--debug`` the checkpoints go to the yaml's checkpointer folder as
+    in a real run (``persistent_debug_checkpoints``), not a temporary folder.
     """
+
+    def __init__(
+        self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None
+    ):
+        super().__init__(
+            modules=modules,
+            opt_class=opt_class,
+            hparams=hparams,
+            run_opts=persistent_debug_checkpoints(run_opts),
+            checkpointer=checkpointer,
+        )
 
     # -- forward -----------------------------------------------------------
     def compute_forward(self, batch, stage):

@@ -20,7 +20,8 @@ go to stderr. Files are read in batches of about ``--batch-seconds`` of audio
 and each batch is encoded with one packed forward.
 
 Bad inputs. Each input file that cannot be used (missing, not a file,
-undecodable, empty, NaN/Inf samples) raises
+undecodable, empty, NaN/Inf or out-of-range samples, a sample rate outside
+1-384 kHz) raises
 ``speechbrain_slap.data.audio.AudioLoadError``; the command prints
 ``slap CMD: error: FILE: REASON`` on stderr, lists the file under ``failed``
 in its output, and goes on with the other files. A model folder that cannot be
@@ -33,28 +34,65 @@ Exit codes:
 * 1: some inputs failed (each named on stderr); the others were processed and
   their results written (no output file is written when none succeeded);
 * 2: usage error, bad argument or unusable model folder: nothing was processed;
-* 130: interrupted (Ctrl-C).
+* 130: interrupted (Ctrl-C), at any moment (one line on stderr, no partial file);
+* 141: stdout was closed by its reader (``slap ... | head``): the output files
+  were written, the rest of the printed output is dropped quietly (128 +
+  SIGPIPE, what a shell reports for a program killed by a closed pipe).
+
+Arguments are checked before anything is loaded: ``-o`` must not be a folder,
+an input file or a path whose folder cannot be written; queries, labels and
+templates must be UTF-8 text. A result that is not finite (NaN or infinite)
+is never printed as a success: the file is reported as failed.
 
 Authors
  * speechbrain-slap contributors 2026
 """
 
-import argparse
-import json
-import logging
-import math
-import re
+import os
+import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-from speechbrain_slap import __version__
-from speechbrain_slap.model_folder import model_digest
-from speechbrain_slap.outputs import write_atomic
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
+
+
+_STARTING = {"command": None}
+
+
+def _interrupted_at_start_up(signum, frame):
+    """Ctrl-C while ``slap`` imports its modules and loads the model: one line, exit 130.
+
+    Nothing has been written yet, so the process ends at once: a KeyboardInterrupt
+    raised inside a library's import can come out as another error (SciPy's
+    NumPy wrapper turns it into a RecursionError).
+    """
+    command = _STARTING["command"]
+    os.write(2, f"slap{f' {command}' if command else ''}: interrupted\n".encode())
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _start_up_done() -> None:
+    """From here Ctrl-C raises KeyboardInterrupt (outputs are cleaned up, one line, 130)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "slap":
+    # Run as the program (not imported): during start-up Ctrl-C ends it at once.
+    signal.signal(signal.SIGINT, _interrupted_at_start_up)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from speechbrain_slap import __version__  # noqa: E402
+from speechbrain_slap.outputs import write_atomic  # noqa: E402
 
 # Parsing arguments and answering --help import nothing heavy: torch, SpeechBrain
 # and the model code are imported by the subcommand that needs them.
-EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # What ``slap index`` looks for (case-insensitive): the formats libsndfile decodes.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
@@ -67,6 +105,96 @@ class CommandError(ValueError):
     >>> str(CommandError("--labels: no label given"))
     '--labels: no label given'
     """
+
+
+def model_digest(folder: str | Path) -> str:
+    """``speechbrain_slap.model_folder.model_digest`` (imported when first needed)."""
+    from speechbrain_slap.model_folder import model_digest as digest
+
+    return digest(folder)
+
+
+def check_text(value: str, name: str) -> str:
+    """Refuses an argument holding bytes that are not UTF-8 (kept by Python as surrogates).
+
+    Arguments
+    ---------
+    value : str
+        The argument as ``sys.argv`` holds it.
+    name : str
+        Names it in the message (``--labels``, ``QUERY 2``).
+
+    Returns
+    -------
+    str
+        ``value``.
+
+    Example
+    -------
+    >>> check_text("café", "--labels")
+    'café'
+    >>> check_text(b"caf\\xe9".decode("utf-8", "surrogateescape"), "QUERY 1")
+    Traceback (most recent call last):
+    ...
+    speechbrain_slap.cli.CommandError: QUERY 1: bytes that are not UTF-8 ('caf\\xe9')
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise CommandError(f"{name}: bytes that are not UTF-8 ('{shown}')") from None
+    return value
+
+
+def check_output(output: str | Path, inputs: Sequence[str | Path] = (), option: str = "-o") -> Path:
+    """Refuses an output path before any input is processed.
+
+    A folder, a path whose nearest existing folder cannot be written (or is a
+    file), and a path that is one of ``inputs`` (which the output would
+    overwrite) are refused.
+
+    Arguments
+    ---------
+    output : str or Path
+        The output file.
+    inputs : sequence of str or Path
+        The input files of the command.
+    option : str
+        Names the option in the message.
+
+    Returns
+    -------
+    Path
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> check_output(folder / "new" / "emb.npy").name
+    'emb.npy'
+    >>> check_output(folder)
+    Traceback (most recent call last):
+    ...
+    speechbrain_slap.cli.CommandError: -o ...: is a folder
+    """
+    output = Path(output)
+    if output.is_dir():
+        raise CommandError(f"{option} {output}: is a folder")
+    existing = output.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{option} {output}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {output}: cannot write in {existing}")
+    if output.exists():
+        for path in inputs:
+            try:
+                same = os.path.samefile(output, path)
+            except OSError:  # a missing input: reported when it is read
+                same = False
+            if same:
+                raise CommandError(f"{option} {output}: is one of the input audio files")
+    return output
 
 
 # ------------------------------------------------------------------------- argument types
@@ -237,12 +365,14 @@ def open_model(args: argparse.Namespace):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    return load_slap(
+    model = load_slap(
         args.model,
         run_opts={"device": args.device},
         batch_seconds=args.batch_seconds,
         trust_remote_code=args.trust_remote_code,
     )
+    _start_up_done()
+    return model
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
@@ -289,7 +419,7 @@ def exit_code(failed: list) -> int:
 def emit(args: argparse.Namespace, document: dict, lines: Sequence[str]) -> None:
     """Prints ``document`` as JSON (``--json``) or the human ``lines``."""
     if args.json:
-        print(json.dumps(document, indent=2))
+        print(json.dumps(document, indent=2, allow_nan=False))
     else:
         for line in lines:
             print(line)
@@ -300,10 +430,11 @@ def emit(args: argparse.Namespace, document: dict, lines: Sequence[str]) -> None
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """``slap embed``: one embedding row per readable file, in argument order."""
-    output = Path(args.output)
+    output = check_output(args.output, args.files)
     sidecar = output.with_suffix(".json")
     if sidecar == output:
         raise CommandError(f"-o {output}: the row list goes to {sidecar}; name the array .npy")
+    check_output(sidecar, args.files, option=f"-o {output}: the row list")
     model = open_model(args)
     rows, names, failed = run_files(model, args.files, model.encode_waveforms, args)
     document = {
@@ -330,7 +461,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """``slap classify``: zero-shot top-k classes of each file (prompt ensemble)."""
-    labels = parse_labels(args.labels, args.labels_file)
+    labels = [
+        check_text(label, "--labels") for label in parse_labels(args.labels, args.labels_file)
+    ]
+    for template in args.template or ():
+        check_text(template, "--template")
     from speechbrain_slap.prompts import DEFAULT_TEMPLATE
 
     templates = check_templates(args.template or [DEFAULT_TEMPLATE])
@@ -366,7 +501,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     relative = find_audio_files(root, extensions)
     if not relative:
         raise CommandError(f"{root}: no audio file ({', '.join(extensions)}) found")
-    output = Path(args.output)
+    output = check_output(args.output, [root / p for p in relative])
     model = open_model(args)
     rows, names, failed = run_files(
         model, [root / p for p in relative], model.encode_waveforms, args
@@ -396,6 +531,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     """``slap search``: the ``k`` indexed files closest to each text query."""
     from speechbrain_slap.search_index import IndexFileError, load_index, search
 
+    for number, query in enumerate(args.queries, start=1):
+        check_text(query, f"QUERY {number}")
     try:
         load_index(args.index)  # a bad index is a usage error, before the model loads
     except IndexFileError as error:
@@ -439,6 +576,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``slap export``: a recipe output's best (or given) checkpoint -> model folder."""
     from speechbrain_slap.model_folder import export_model, verify_checksums
 
+    _start_up_done()
+
     folder = export_model(args.recipe_output, args.model_folder, args.checkpoint, args.overwrite)
     files = sorted(verify_checksums(folder))
     document = {"model_folder": str(folder), "files": files, "model_digest": model_digest(folder)}
@@ -450,6 +589,7 @@ def run_shards(argv: Sequence[str]) -> int:
     """``slap shards ARGS...``: forwards ``ARGS`` to ``speechbrain_slap.data.shards.main``."""
     from speechbrain_slap.data import shards
 
+    _start_up_done()
     return shards.main(list(argv))
 
 
@@ -457,6 +597,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``slap demo``: packed vs one-at-a-time embeddings of generated clips."""
     from speechbrain_slap.demo import run_demo
     from speechbrain_slap.hparams import architecture_file
+
+    _start_up_done()
 
     try:
         summary = run_demo(
@@ -505,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="slap",
         description="SLAP for SpeechBrain: embed, classify, search and caption audio.",
         epilog="Exit codes: 0 ok, 1 some inputs failed (named on stderr; the others were "
-        "processed), 2 usage error or unusable model folder, 130 interrupted.",
+        "processed), 2 usage error or unusable model folder, 130 interrupted, 141 stdout "
+        "closed by its reader.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -629,7 +772,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 ok, 1 some inputs failed, 2 usage or model folder error, 130 interrupted.
+        0 ok, 1 some inputs failed, 2 usage or model folder error, 130 interrupted,
+        141 stdout closed by its reader (``slap ... | head``).
 
     Example
     -------
@@ -637,6 +781,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in _COMMANDS else None
+    _STARTING["command"] = command
+    try:
+        _printable_file_names()
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except KeyboardInterrupt:
+        print(f"slap{f' {command}' if command else ''}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `slap ... | head`: the reader has gone. Exit as a program killed by SIGPIPE
+        # would (128 + 13), quietly; stdout goes to /dev/null so that the
+        # interpreter's final flush does not complain either.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+_COMMANDS = ("embed", "classify", "index", "search", "caption", "export", "shards", "demo")
+
+
+def _run(argv: list[str]) -> int:
     try:
         if argv[:1] == ["shards"]:
             return run_shards(argv[1:])
@@ -655,9 +821,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ModelFolderError) as error:
         print(f"slap {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"slap {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+
+
+def _printable_file_names() -> None:
+    """File names that are not UTF-8 are printed as the bytes they are (as ``ls`` does)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="surrogateescape")
+        except (ValueError, OSError):  # a stream that cannot be reconfigured
+            pass
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation: no file descriptor
+        pass
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ Authors
 """
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from speechbrain_slap.data.audio import AudioLoadError, audio_batches
+from speechbrain_slap.data.audio import AudioLoadError, NonFiniteResultError, audio_batches
 from speechbrain_slap.data.manifest import CaptionedClip, read_clips, read_labelled_manifest
 from speechbrain_slap.metrics import accuracy, mean_recall_at_1, retrieval_metrics
 from speechbrain_slap.outputs import write_csv, write_json
@@ -62,6 +63,11 @@ def process_files(
     A batch closes before it would exceed ``batch_seconds`` of audio (or hold
     more than ``batch_files`` files), so at most the budget plus one file is in
     memory; a longer file is a batch of its own.
+
+    Every result is checked (``is_finite``): a file whose result holds a NaN or
+    an infinity is reported as skipped, never returned. A batch whose ``work``
+    runs out of memory or raises ``NonFiniteResultError`` is retried one file
+    at a time, so only the files that fail alone are lost.
 
     Arguments
     ---------
@@ -117,13 +123,72 @@ def process_files(
     budget = float("inf") if batch_seconds is None else batch_seconds * model.sample_rate
     with bar:
         for indices, waveforms in audio_batches(files, model.load_audio, budget, skip, batch_files):
-            outputs = work(waveforms)
-            if len(outputs) != len(waveforms):
-                raise ValueError(f"work gave {len(outputs)} results for {len(waveforms)} files")
-            results.extend(outputs)
-            read.extend(indices)
-            bar.update(len(indices))
+            for index, output in _checked_work(work, indices, waveforms, files, skip):
+                results.append(output)
+                read.append(index)
+                bar.update(1)
     return results, read, skipped
+
+
+# A batch that fails with one of these is retried one file at a time: only the files
+# that fail alone are lost (and reported), not the good files batched with them.
+_RETRY_ALONE = (MemoryError, torch.OutOfMemoryError, NonFiniteResultError)
+NON_FINITE_RESULT = "the model gave a non-finite result (NaN or infinite)"
+
+
+def _checked_work(work, indices, waveforms, files, skip) -> list[tuple[int, object]]:
+    """``(index, result)`` of each file whose ``work`` result is finite; reports the others."""
+    try:
+        outputs = work(waveforms)
+    except _RETRY_ALONE as error:
+        if len(waveforms) > 1:
+            pairs = []
+            for index, wave in zip(indices, waveforms, strict=True):
+                pairs += _checked_work(work, [index], [wave], files, skip)
+            return pairs
+        if isinstance(error, NonFiniteResultError):
+            reason = NON_FINITE_RESULT
+        else:
+            reason = "out of memory while processing it"
+        skip(indices[0], AudioLoadError(str(files[indices[0]]), reason))
+        return []
+    if len(outputs) != len(waveforms):
+        raise ValueError(f"work gave {len(outputs)} results for {len(waveforms)} files")
+    pairs = []
+    for index, output in zip(indices, outputs, strict=True):
+        if is_finite(output):
+            pairs.append((index, output))
+        else:
+            skip(index, AudioLoadError(str(files[index]), NON_FINITE_RESULT))
+    return pairs
+
+
+def is_finite(result) -> bool:
+    """Whether a result holds no NaN or infinity (tensors, numbers, and lists of them).
+
+    Arguments
+    ---------
+    result : torch.Tensor, float, str, or a list, tuple or dict of these
+        A result of ``work`` (strings are finite).
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> is_finite(torch.ones(3)), is_finite([0.5, float("nan")]), is_finite("a caption")
+    (True, False, True)
+    """
+    if isinstance(result, torch.Tensor):
+        return not result.is_floating_point() or bool(torch.isfinite(result).all())
+    if isinstance(result, float):
+        return math.isfinite(result)
+    if isinstance(result, list | tuple):
+        return all(is_finite(item) for item in result)
+    if isinstance(result, dict):
+        return all(is_finite(item) for item in result.values())
+    return True
 
 
 def _log_skip(index: int, error: AudioLoadError) -> None:

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from speechbrain.inference.interfaces import Pretrained
 
-from speechbrain_slap.data.audio import check_waveform, load_audio
+from speechbrain_slap.data.audio import NonFiniteResultError, check_waveform, load_audio
 from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
@@ -84,6 +84,18 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
         return [0]
     starts = list(range(0, n_samples - window, hop))
     return starts + [n_samples - window]
+
+
+def _as_tensor(value, name: str, expected: str) -> torch.Tensor:
+    """``value`` (a tensor, a NumPy array or a list of numbers) as a tensor, or a ValueError."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"{name} must be {expected}, got {type(value).__name__} {value!r:.80}"
+        ) from None
 
 
 class SLAP(Pretrained):
@@ -173,6 +185,9 @@ class SLAP(Pretrained):
 
     def _split(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> list[torch.Tensor]:
         """A padded batch (or one waveform) -> its clips, cut at their exact lengths."""
+        wavs = _as_tensor(wavs, "wavs", "a (batch, samples) or (samples,) array")
+        if wav_lens is not None:
+            wav_lens = _as_tensor(wav_lens, "wav_lens", "relative lengths in (0, 1]")
         if wavs.dim() == 1:
             wavs = wavs.unsqueeze(0)
         if wavs.dim() != 2:
@@ -300,6 +315,12 @@ class SLAP(Pretrained):
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"text {i} must be a non-empty string, got {text!r}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes of argv
+                raise ValueError(
+                    f"text {i}: not valid Unicode (lone surrogates) in {text!r}"
+                ) from None
         out = []
         for start in range(0, len(texts), batch_size):
             with self.inference_ctx:
@@ -429,6 +450,9 @@ class SLAP(Pretrained):
             items = items.unsqueeze(0)
         if items.dim() != 2 or items.shape[0] == 0:
             raise ValueError(f"{name} must be texts or (N, D) embeddings, got {items.shape}")
+        bad = int((~torch.isfinite(items).all(dim=1)).sum())
+        if bad:  # a NaN row would rank anywhere, silently
+            raise ValueError(f"{name}: {bad} of {items.shape[0]} rows are not finite")
         return torch.nn.functional.normalize(items, dim=-1)
 
     # -- captioning ------------------------------------------------------------------------------
@@ -464,6 +488,9 @@ class SLAP(Pretrained):
         for tokens, index in zip(per_window, owner, strict=True):
             memories[index].append(tokens)
         memory = [torch.cat(m) for m in memories]
+        for index, tokens in enumerate(memory):
+            if not bool(torch.isfinite(tokens).all()):  # beam search would give ""
+                raise NonFiniteResultError(f"waveform {index}: non-finite encoder output")
         cu = torch.zeros(len(memory) + 1, dtype=torch.int32, device=memory[0].device)
         cu[1:] = torch.cumsum(torch.tensor([m.shape[0] for m in memory], device=cu.device), 0)
         audio, audio_mask = unpack_tokens(torch.cat(memory), cu)

@@ -83,7 +83,10 @@ def write_json(path: str | Path, document, indent: int = 2) -> Path:
     >>> write_json(getfixture("tmp_path") / "r.json", {"R@1": 0.5}).read_text()
     '{\\n  "R@1": 0.5\\n}\\n'
     """
-    return write_atomic(path, json.dumps(document, indent=indent, ensure_ascii=False) + "\n")
+    text = json.dumps(document, indent=indent, ensure_ascii=False) + "\n"
+    # A file name that is not UTF-8 holds lone surrogates: written as the JSON escape
+    # ``\\udcXX`` (what ``ensure_ascii`` would write), which reads back as the same str.
+    return write_atomic(path, text.encode("utf-8", "backslashreplace"))
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
@@ -112,4 +115,5 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence])
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(rows)
-    return write_atomic(path, buffer.getvalue())
+    # A file name that is not UTF-8 is written as the bytes it is (as ``ls`` prints it).
+    return write_atomic(path, buffer.getvalue().encode("utf-8", "surrogateescape"))

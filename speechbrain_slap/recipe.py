@@ -233,12 +233,17 @@ def make_brain(brain_class, hparams: dict, run_opts: dict):
     Returns
     -------
     speechbrain.Brain
+        Under ``--debug`` its checkpoints go to the yaml's checkpointer folder,
+        not a temporary one (``brain.persistent_debug_checkpoints``), so
+        ``slap export`` works on a debug run's output.
     """
+    from speechbrain_slap.brain import persistent_debug_checkpoints
+
     return brain_class(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
-        run_opts=run_opts,
+        run_opts=persistent_debug_checkpoints(run_opts),
         checkpointer=hparams["checkpointer"],
     )
 

@@ -10,6 +10,9 @@ Authors
 """
 
 import json
+import math
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,21 +86,121 @@ def load_index(source) -> tuple[np.ndarray, list[str], dict]:
     Raises
     ------
     IndexFileError
-        The file is not an index of this format.
+        The file is not an index of this format (missing, empty, truncated or
+        damaged, a zip bomb: ``check_members``), or has non-finite rows; the
+        message names the file.
     """
     name = getattr(source, "name", source)
     try:
+        start = source.tell() if hasattr(source, "seek") else None
+        check_members(source)
+        if start is not None:
+            source.seek(start)
         with np.load(source, allow_pickle=False) as data:
             embeddings, paths = data["embeddings"], data["paths"].tolist()
             meta = json.loads(str(data["meta"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        # (a .npy, e.g. what `slap embed` writes, loads as an array: TypeError)
+    except IndexFileError as error:
+        raise IndexFileError(f"{name}: {error}") from None
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        NotImplementedError,
+    ) as error:
+        # (a .npy, e.g. what `slap embed` writes, loads as an array: TypeError;
+        # a truncated or damaged zip: BadZipFile, EOFError, zlib.error)
+        reason = str(error).splitlines()[0] if str(error) else ""
         raise IndexFileError(
-            f"{name}: not a slap index ({type(error).__name__}: {error})"
+            f"{name}: not a slap index ({type(error).__name__}: {reason})"
         ) from None
-    if meta.get("format") != INDEX_FORMAT or embeddings.shape[:1] != (len(paths),):
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT:
         raise IndexFileError(f"{name}: not a {INDEX_FORMAT} index")
+    if (
+        embeddings.ndim != 2
+        or embeddings.dtype != np.float32
+        or embeddings.shape[:1] != (len(paths),)
+        or not all(isinstance(p, str) for p in paths)
+    ):
+        raise IndexFileError(
+            f"{name}: not a {INDEX_FORMAT} index (embeddings {embeddings.dtype} "
+            f"{embeddings.shape} for {len(paths)} paths)"
+        )
+    bad = int((~np.isfinite(embeddings).all(axis=1)).sum())
+    if bad:
+        raise IndexFileError(f"{name}: {bad} of {len(paths)} embedding rows are not finite")
     return embeddings, paths, meta
+
+
+# A deflated member may claim at most this many bytes per compressed byte: float
+# embeddings and file paths compress far less; a zip bomb of zeros compresses 1000-fold.
+MAX_COMPRESSION_RATIO = 100
+
+
+def check_members(source) -> None:
+    """Checks an index's zip members before any is read (a zip bomb is refused).
+
+    Each of ``embeddings``, ``paths`` and ``meta`` must be a ``.npy`` member
+    whose declared uncompressed size is what its ``.npy`` header's shape and
+    dtype need (nothing more), and a compressed member may not claim more than
+    ``MAX_COMPRESSION_RATIO`` times its compressed size. Only the headers
+    (a few hundred bytes each) are decompressed.
+
+    Arguments
+    ---------
+    source : str, Path or file object
+        The index file.
+
+    Raises
+    ------
+    IndexFileError
+        Why the members cannot be a ``save_index`` file.
+    zipfile.BadZipFile, OSError, EOFError, ValueError
+        Not a readable zip, or a damaged member header.
+
+    Example
+    -------
+    >>> import io
+    >>> buffer = io.BytesIO()
+    >>> save_index(buffer, np.zeros((2, 4), np.float32), ["a.wav", "b.wav"], {"root": "/"})
+    >>> check_members(buffer)
+    """
+    with zipfile.ZipFile(source) as archive:
+        members = {info.filename: info for info in archive.infolist()}
+        for key in ("embeddings", "paths", "meta"):
+            info = members.get(f"{key}.npy")
+            if info is None:
+                raise IndexFileError(f"not a slap index (no {key}.npy member)")
+            if (
+                info.compress_type != zipfile.ZIP_STORED
+                and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+            ):
+                raise IndexFileError(
+                    f"{key}.npy declares {info.file_size} bytes compressed into "
+                    f"{info.compress_size}: refused (more than {MAX_COMPRESSION_RATIO}x)"
+                )
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read_header is None:
+                    raise IndexFileError(f"{key}.npy: .npy format {version} not supported")
+                shape, _, dtype = read_header(member)
+                header = member.tell()
+            if dtype.hasobject:
+                raise IndexFileError(f"{key}.npy holds Python objects")
+            needed = header + math.prod(shape) * dtype.itemsize
+            if info.file_size != needed:
+                raise IndexFileError(
+                    f"{key}.npy declares {info.file_size} bytes; its header "
+                    f"{shape} {dtype} needs {needed}"
+                )
 
 
 def write_index(

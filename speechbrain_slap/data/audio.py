@@ -18,6 +18,7 @@ Authors
 
 import io
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,17 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio
+
+# Larger magnitudes are in no audio format read as it stores them (integer PCM is
+# scaled to [-1, 1]; a float file of 32-bit integer values reaches 2.1e9); above
+# about 1e18 the power spectrum overflows float32 and the embedding is NaN.
+MAX_ABS_SAMPLE = 2.0**32
+
+# What a header may ask for (``check_header``): the rates of real audio (8 kHz
+# telephony to 384 kHz studio formats, with room below for old 2-4 kHz files),
+# and at most 2**30 float32 samples (4 GiB; 18.6 h of 16 kHz mono) decoded or resampled.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384_000
+MAX_DECODED_SAMPLES = 2**30
 
 
 class AudioLoadError(ValueError):
@@ -49,8 +61,26 @@ class AudioLoadError(ValueError):
         self.reason = reason
 
 
+class NonFiniteResultError(ValueError):
+    """A model gave a NaN or infinite result for a waveform that passed ``check_waveform``.
+
+    Raised by the model's methods (e.g. captioning from a non-finite encoder
+    output), so the caller can report the input as failed instead of a
+    meaningless result; ``speechbrain_slap.evaluation.process_files`` retries
+    the clips of such a batch one by one.
+
+    Example
+    -------
+    >>> isinstance(NonFiniteResultError("waveform 0: NaN encoder output"), ValueError)
+    True
+    """
+
+
 def check_waveform(wav: torch.Tensor, source: str) -> torch.Tensor:
-    """Checks a mono waveform is 1-D, non-empty and finite; returns it as float32.
+    """Checks a mono waveform is 1-D, non-empty, finite and bounded; returns it as float32.
+
+    A sample above ``MAX_ABS_SAMPLE`` in magnitude is refused: no audio format
+    stores it, and the model's power spectrum would overflow to NaN.
 
     Arguments
     ---------
@@ -77,6 +107,13 @@ def check_waveform(wav: torch.Tensor, source: str) -> torch.Tensor:
     if not bool(torch.isfinite(wav).all()):
         bad = int((~torch.isfinite(wav)).sum())
         raise AudioLoadError(source, f"{bad} of {wav.numel()} samples are NaN or infinite")
+    loud = wav.abs() > MAX_ABS_SAMPLE
+    if bool(loud.any()):
+        raise AudioLoadError(
+            source,
+            f"{int(loud.sum())} of {wav.numel()} samples exceed {MAX_ABS_SAMPLE:.3g} in "
+            "magnitude (no audio format stores such values)",
+        )
     return wav
 
 
@@ -102,8 +139,10 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     Raises
     ------
     AudioLoadError
-        Missing file, a file libsndfile cannot decode, no samples, or NaN/Inf
-        samples. The message names the file.
+        Missing file, not a regular file, a file libsndfile cannot decode, a
+        sample rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]``, more than
+        ``MAX_DECODED_SAMPLES`` samples, no samples, or NaN/Inf or
+        out-of-range samples. The message names the file.
 
     Example
     -------
@@ -114,13 +153,19 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
     >>> load_audio(path).shape
     torch.Size([16000])
     """
+    if not isinstance(path, str | os.PathLike):
+        raise AudioLoadError(
+            repr(path), f"path must be a str or os.PathLike, got {type(path).__name__}"
+        )
     source = str(path)
     path = Path(path)
     if not path.exists():
         raise AudioLoadError(source, "file not found")
-    if not path.is_file():
+    if not path.is_file():  # a folder, or a FIFO or device, whose reading could block
         raise AudioLoadError(source, "not a file")
-    return _decode(str(path), source, sample_rate)
+    # Bytes, as the file system names it: libsndfile would encode a str as UTF-8, which
+    # fails for a name that is not (``os.fsdecode`` keeps such bytes as surrogates).
+    return _decode(os.fsencode(path), source, sample_rate)
 
 
 def decode_audio(data: bytes, source: str, sample_rate: int = 16000) -> torch.Tensor:
@@ -160,15 +205,66 @@ def decode_audio(data: bytes, source: str, sample_rate: int = 16000) -> torch.Te
 
 
 def _decode(file, source: str, sample_rate: int) -> torch.Tensor:
-    """Mono, checked, resampled waveform of a path or a file object libsndfile reads."""
+    """Mono, checked, resampled waveform of a path or a file object libsndfile reads.
+
+    The header is checked before anything is decoded: the sample rate and the
+    decoded sizes (before and after resampling) are bounded.
+    """
     try:
-        audio, rate = soundfile.read(file, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(file) as sound:
+            check_header(sound.samplerate, sound.channels, sound.frames, sample_rate, source)
+            audio = sound.read(dtype="float32", always_2d=True)
+            rate = sound.samplerate
+    except AudioLoadError:
+        raise
     except Exception as error:  # libsndfile's errors, and TypeError for headerless files
         raise AudioLoadError(source, f"cannot decode audio ({error})") from None
     if audio.size == 0:
         raise AudioLoadError(source, "no audio samples")
     wav = check_waveform(torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1))), source)
     return resample(wav, rate, sample_rate)
+
+
+def check_header(rate: int, channels: int, frames: int, target: int, source: str) -> None:
+    """Refuses a header whose decoding or resampling would need unbounded memory.
+
+    Arguments
+    ---------
+    rate, channels, frames : int
+        What the header says.
+    target : int
+        The rate the audio is resampled to.
+    source : str
+        Names the input in the error message.
+
+    Raises
+    ------
+    AudioLoadError
+        A rate outside ``[MIN_SAMPLE_RATE, MAX_SAMPLE_RATE]`` (a 1 Hz file of
+        10 KB resampled to 16 kHz is a gigabyte), no channel, or more than
+        ``MAX_DECODED_SAMPLES`` samples decoded or resampled.
+
+    Example
+    -------
+    >>> check_header(44100, 2, 441000, 16000, "a.wav")
+    >>> check_header(1, 1, 15000, 16000, "b.wav")
+    Traceback (most recent call last):
+    ...
+    speechbrain_slap.data.audio.AudioLoadError: b.wav: sample rate 1 Hz outside [1000, 384000] Hz
+    """
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioLoadError(
+            source, f"sample rate {rate} Hz outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz"
+        )
+    if channels < 1:
+        raise AudioLoadError(source, f"{channels} channels")
+    decoded, resampled = frames * channels, math.ceil(frames * target / rate)
+    if max(decoded, resampled) > MAX_DECODED_SAMPLES:
+        raise AudioLoadError(
+            source,
+            f"{frames} frames x {channels} channels at {rate} Hz: more than "
+            f"{MAX_DECODED_SAMPLES} samples to decode or resample",
+        )
 
 
 def probe_duration(path: str | Path) -> float:
@@ -200,11 +296,16 @@ def probe_duration(path: str | Path) -> float:
     if not path.is_file():
         raise AudioLoadError(source, "audio file missing")
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(os.fsencode(path))
     except (RuntimeError, ValueError, EOFError) as error:  # soundfile.LibsndfileError
         raise AudioLoadError(source, f"unreadable audio ({error})") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioLoadError(source, "empty audio")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioLoadError(
+            source,
+            f"sample rate {info.samplerate} Hz outside [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}] Hz",
+        )
     return info.frames / info.samplerate
 
 

@@ -1,8 +1,8 @@
 """End-to-end run of ``recipes/pretrain/train.py`` on a tiny generated corpus.
 
 The recipe runs once per module in a subprocess (``--debug``: two epochs of at
-most two batches; ``--debug_persistently`` keeps the checkpoints in
-``<output_folder>/save`` instead of a temporary folder). It generates the
+most two batches; the checkpoints go to ``<output_folder>/save``, not
+SpeechBrain's temporary debug folder, so ``slap export`` works on the output). It generates the
 12/4/4-clip corpus itself into a fresh folder. The tests then check what it
 wrote, and that ``--output_folder`` and ``--data_folder`` redirect everything.
 """
@@ -58,7 +58,7 @@ def recipe_run(tmp_path_factory):
     output, data = root / "out", root / "corpus"
     results, default_data = REPO / "results", REPO / "data"
     before = {"results": _tree(results), "data": _tree(default_data)}
-    command = _recipe_command(data, output, "--debug_persistently", "--log_interval=1")
+    command = _recipe_command(data, output, "--log_interval=1")
     # One OpenMP thread: on a busy 2-core machine two threads are ~100x slower.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
@@ -159,6 +159,15 @@ def test_recipe_saves_a_checkpoint(output):
     assert steps >= 2  # at least one optimizer step in each of the two epochs
     assert int(teacher["step"]) == steps
     assert (output / "save" / "tokenizer" / "80_unigram.model").is_file()
+
+
+def test_a_debug_run_exports_to_a_loadable_model_folder(output, tmp_path):
+    """``--debug`` without ``--debug_persistently``: ``slap export`` finds the checkpoint."""
+    from speechbrain_slap.cli import main
+
+    folder = tmp_path / "model"
+    assert main(["export", str(output), str(folder)]) == 0
+    assert (folder / "hyperparams.yaml").is_file() and (folder / "SHA256SUMS").is_file()
 
 
 def test_output_folder_redirects_everything(recipe_run, output):
