@@ -11,8 +11,9 @@ Subcommands (``slap SUBCOMMAND --help`` lists every option)::
     slap shards   MANIFEST OUT_DIR                     WebDataset shards for training
     slap demo                                          packed encoding of generated clips
 
-Model commands share ``--model FOLDER`` (a folder written by ``slap export``;
-its SHA-256 sums are checked before anything is loaded), ``--device cpu|cuda[:i]``,
+Model commands share ``--model FOLDER`` (a folder written by ``slap export``, or
+its Hugging Face hub id ``org/name`` once uploaded, fetched into the Hugging Face
+cache; its SHA-256 sums are checked before anything is loaded), ``--device cpu|cuda[:i]``,
 ``--batch-seconds`` (seconds of audio loaded and encoded per forward: the
 memory bound), ``--json`` (one JSON document on stdout instead of the human
 output) and ``--quiet`` (no progress bar). Progress bars, warnings and errors
@@ -215,7 +216,7 @@ def find_audio_files(root: str | Path, extensions: Sequence[str] = AUDIO_EXTENSI
 
 
 def open_model(args: argparse.Namespace):
-    """The ``SLAP`` model of ``--model`` on ``--device`` (``model_folder.load_slap``).
+    """The ``SLAP`` model of ``--model`` (folder or hub id) on ``--device`` (``load_slap``).
 
     Raises
     ------
@@ -518,7 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = argparse.ArgumentParser(add_help=False, parents=[output])
     model.add_argument(
-        "--model", required=True, metavar="FOLDER", help="SLAP model folder (slap export)"
+        "--model",
+        required=True,
+        metavar="FOLDER",
+        help="SLAP model folder (slap export) or Hugging Face hub id org/name",
     )
     model.add_argument(
         "--trust-remote-code",
