@@ -218,6 +218,9 @@ def find_audio_files(root: str | Path, extensions: Sequence[str] = AUDIO_EXTENSI
 def open_model(args: argparse.Namespace):
     """The ``SLAP`` model of ``--model`` (folder or hub id) on ``--device`` (``load_slap``).
 
+    For a hub id, ``args.model`` becomes the local folder its files were
+    fetched into, whose ``SHA256SUMS`` digest the commands record.
+
     Raises
     ------
     ModelFolderError
@@ -227,7 +230,7 @@ def open_model(args: argparse.Namespace):
     """
     import torch
 
-    from speechbrain_slap.model_folder import load_slap
+    from speechbrain_slap.model_folder import is_hub_id, load_slap
 
     if args.device.startswith("cuda"):
         index = int(args.device.partition(":")[2] or 0)
@@ -238,12 +241,15 @@ def open_model(args: argparse.Namespace):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    return load_slap(
+    model = load_slap(
         args.model,
         run_opts={"device": args.device},
         batch_seconds=args.batch_seconds,
         trust_remote_code=args.trust_remote_code,
     )
+    # A hub id's files are in a local folder now: what the commands record (SHA256SUMS digest).
+    args.model = model.model_folder if is_hub_id(args.model) else args.model
+    return model
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:

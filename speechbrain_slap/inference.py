@@ -165,6 +165,7 @@ class SLAP(Pretrained):
         Returns
         -------
         SLAP
+            With ``model_folder``: the local folder its files were read from.
         """
         folder, kwargs["overrides"] = open_model_folder(
             source,
@@ -176,7 +177,9 @@ class SLAP(Pretrained):
             kwargs.pop("huggingface_cache_dir", None),
             kwargs.get("overrides"),
         )
-        return super().from_hparams(source=str(folder), hparams_file=hparams_file, **kwargs)
+        model = super().from_hparams(source=str(folder), hparams_file=hparams_file, **kwargs)
+        model.model_folder = folder  # where the files were read (a hub id's fetched folder)
+        return model
 
     # -- audio in ---------------------------------------------------------------------
     def load_audio(self, path, savedir=None) -> torch.Tensor:

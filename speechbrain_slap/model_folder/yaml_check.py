@@ -30,6 +30,7 @@ ALLOWED_YAML_TARGETS = (
     "speechbrain_slap.ema.",
     "speechbrain.utils.parameter_transfer.Pretrainer",
     "speechbrain.dataio.encoder.CategoricalEncoder",
+    "speechbrain.dataio.preprocess.AudioNormalizer",  # a tagging folder's input resampling
     "speechbrain.nnet.",
     "speechbrain.lobes.features.",
     "torch.nn.",
@@ -414,6 +415,7 @@ def check_yaml_targets(yaml_file: str | Path, trust_remote_code: bool = False) -
     outside = path_escapes(yaml_file)
     if outside:
         raise ModelFolderError(
-            f"{yaml_file}: paths outside the model folder: {outside}. A model folder's yaml "
-            f"may point only inside the folder (<{FOLDER_KEY}>/...), at files SHA256SUMS covers"
+            f"{yaml_file}: paths outside the model folder: {'; '.join(outside)}. A model "
+            f"folder's yaml may point only inside the folder (<{FOLDER_KEY}>/...), at files "
+            "SHA256SUMS covers"
         )
