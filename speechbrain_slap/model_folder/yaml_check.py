@@ -300,10 +300,11 @@ def path_escapes(yaml_file: str | Path) -> list[str]:
 
     After reference resolution (``model_folder`` set to the folder, as the
     loaders set it), every string value that is an absolute path (``/...``,
-    ``C:\\...``, ``~...``) must resolve inside the folder, and no string value
-    may have a ``..`` path part: a model folder reads only its own files,
-    which ``SHA256SUMS`` covers. Hub ids and other relative strings without
-    ``..`` are not paths of the machine and pass.
+    ``C:\\...``) or a relative one that exists from the current folder
+    (``data/minilm``) must resolve inside the folder, and no string value may
+    start with ``~`` or have a ``..`` path part: a model folder reads only its
+    own files, which ``SHA256SUMS`` covers. Hub ids (``org/name``, when no
+    such local folder exists) and plain words pass.
 
     Arguments
     ---------
@@ -340,11 +341,13 @@ def path_escapes(yaml_file: str | Path) -> list[str]:
     found = []
 
     def escapes(value: str) -> bool:
-        if ".." in re.split(r"[/\\]", value):
-            return True
-        if not (value.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:[/\\]", value)):
+        if ".." in re.split(r"[/\\]", value) or value.startswith("~"):
+            return True  # a home folder is never inside the model folder
+        absolute = value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[/\\]", value)
+        # a relative value with a separator that exists here is read from the current folder
+        if not absolute and not (re.search(r"[/\\]", value) and Path(value).exists()):
             return False
-        path = Path(value).expanduser().resolve()
+        path = Path(value).resolve()
         return path != folder and folder not in path.parents
 
     def walk(node, key):

@@ -471,8 +471,10 @@ def test_export_overwrite_replaces_every_file(recipe_output, slap_model_folder, 
     folder = tmp_path / "model"
     shutil.copytree(slap_model_folder, folder)
     (folder / "old_extra.ckpt").write_bytes(b"from an earlier export")
+    (folder / "text_encoder" / "vocab.txt").write_text("an earlier text encoder's file")
     export_model(recipe_output, folder, overwrite=True)
     assert not (folder / "old_extra.ckpt").exists()
+    assert not (folder / "text_encoder" / "vocab.txt").exists()
     SLAP.from_hparams(source=str(folder))
 
 

@@ -209,3 +209,16 @@ def test_paths_inside_the_folder_and_hub_ids_pass(tmp_path, slap_model_folder):
     check_yaml_targets(path)
     # the override is the folder's own path, wherever the folder is
     assert folder_overrides(path) == {"model_folder": str(folder.resolve())}
+
+
+def test_relative_paths_that_exist_here_are_outside_the_folder(tmp_path, monkeypatch):
+    """``org/name`` is a hub id, unless a folder of that name is in the current directory:
+    then transformers would read that folder, which SHA256SUMS does not cover."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = folder / "hyperparams.yaml"
+    path.write_text("text_source: org/name\n")
+    monkeypatch.chdir(tmp_path)
+    assert path_escapes(path) == []
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert path_escapes(path) == ["text_source: 'org/name'"]
