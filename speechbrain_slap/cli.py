@@ -11,8 +11,9 @@ Subcommands (``slap SUBCOMMAND --help`` lists every option)::
     slap shards   MANIFEST OUT_DIR                     WebDataset shards for training
     slap demo                                          packed encoding of generated clips
 
-Model commands share ``--model FOLDER`` (a folder written by ``slap export``;
-its SHA-256 sums are checked before anything is loaded), ``--device cpu|cuda[:i]``,
+Model commands share ``--model FOLDER`` (a folder written by ``slap export``, or
+its Hugging Face hub id ``org/name`` once uploaded, fetched into the Hugging Face
+cache; its SHA-256 sums are checked before anything is loaded), ``--device cpu|cuda[:i]``,
 ``--batch-seconds`` (seconds of audio loaded and encoded per forward: the
 memory bound), ``--json`` (one JSON document on stdout instead of the human
 output) and ``--quiet`` (no progress bar). Progress bars, warnings and errors
@@ -343,7 +344,10 @@ def find_audio_files(root: str | Path, extensions: Sequence[str] = AUDIO_EXTENSI
 
 
 def open_model(args: argparse.Namespace):
-    """The ``SLAP`` model of ``--model`` on ``--device`` (``model_folder.load_slap``).
+    """The ``SLAP`` model of ``--model`` (folder or hub id) on ``--device`` (``load_slap``).
+
+    For a hub id, ``args.model`` becomes the local folder its files were
+    fetched into, whose ``SHA256SUMS`` digest the commands record.
 
     Raises
     ------
@@ -354,7 +358,7 @@ def open_model(args: argparse.Namespace):
     """
     import torch
 
-    from speechbrain_slap.model_folder import load_slap
+    from speechbrain_slap.model_folder import is_hub_id, load_slap
 
     if args.device.startswith("cuda"):
         index = int(args.device.partition(":")[2] or 0)
@@ -371,6 +375,8 @@ def open_model(args: argparse.Namespace):
         batch_seconds=args.batch_seconds,
         trust_remote_code=args.trust_remote_code,
     )
+    # A hub id's files are in a local folder now: what the commands record (SHA256SUMS digest).
+    args.model = model.model_folder if is_hub_id(args.model) else args.model
     _start_up_done()
     return model
 
@@ -661,7 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = argparse.ArgumentParser(add_help=False, parents=[output])
     model.add_argument(
-        "--model", required=True, metavar="FOLDER", help="SLAP model folder (slap export)"
+        "--model",
+        required=True,
+        metavar="FOLDER",
+        help="SLAP model folder (slap export) or Hugging Face hub id org/name",
     )
     model.add_argument(
         "--trust-remote-code",

@@ -36,7 +36,9 @@ held-out split is only monitored). The test stage writes
 The recipes export the trained model with
 ``speechbrain_slap.model_folder.export_tagging_model``, a folder that
 SpeechBrain's stock ``speechbrain.inference.classifiers.EncoderClassifier.from_hparams``
-loads.
+loads. ``TaggingClassifier.from_hparams`` loads it the same way after the
+checks every model folder gets (``SHA256SUMS``, the yaml's allow-list), from a
+local folder or a Hugging Face hub id.
 
 Authors
  * speechbrain-slap contributors 2026
@@ -50,6 +52,7 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.inference.classifiers import EncoderClassifier
 
 from speechbrain_slap.data.audio import load_audio
 from speechbrain_slap.lobes.features import pad_to_hop
@@ -485,6 +488,72 @@ def tagging_datasets(
         dataset.set_output_keys(["id", "sig", "targets"])
         datasets[split] = dataset
     return datasets
+
+
+class TaggingClassifier(EncoderClassifier):
+    """SpeechBrain's ``EncoderClassifier`` for a tagging folder, its files checked first.
+
+    ``classify_file``, ``classify_batch`` and ``encode_batch`` are
+    ``EncoderClassifier``'s; only loading differs (``from_hparams``).
+
+    Example
+    -------
+    >>> model = TaggingClassifier.from_hparams(source="org/slap-esc50")  # doctest: +SKIP
+    >>> model.classify_file("clip.wav")[3]  # doctest: +SKIP
+    ['dog']
+    """
+
+    @classmethod
+    def from_hparams(
+        cls,
+        source,
+        hparams_file="hyperparams.yaml",
+        verify=True,
+        trust_remote_code=False,
+        savedir=None,
+        **kwargs,
+    ):
+        """Loads a tagging folder or hub model after checking its files and its yaml.
+
+        As ``speechbrain_slap.inference.SLAP.from_hparams``: a local folder is
+        read in place after ``check_model_folder`` (``SHA256SUMS`` covering every
+        file, the yaml's allow-list); a Hugging Face hub id ``org/name`` is
+        fetched with SpeechBrain's fetching into ``savedir`` (or the Hugging
+        Face cache) and checked the same way before anything loads.
+
+        Arguments
+        ---------
+        source : str or Path
+            The folder written by ``export_tagging_model``, or a hub id.
+        hparams_file : str
+            The yaml inside it.
+        verify : bool
+            Check a local folder's ``SHA256SUMS`` (a hub model's always is).
+        trust_remote_code : bool
+            Load a yaml that uses code outside the allow-list.
+        savedir : str or Path, optional
+            Where a hub model's files are collected.
+        **kwargs
+            ``run_opts``, ``overrides``... as for ``EncoderClassifier``;
+            ``fetch_config`` and ``huggingface_cache_dir`` for a hub id.
+
+        Returns
+        -------
+        TaggingClassifier
+        """
+        from speechbrain_slap.model_folder.loading import open_model_folder
+
+        folder, kwargs["overrides"] = open_model_folder(
+            source,
+            hparams_file,
+            verify,
+            trust_remote_code,
+            savedir,
+            kwargs.pop("fetch_config", None),
+            kwargs.pop("huggingface_cache_dir", None),
+            kwargs.get("overrides"),
+        )
+        return super().from_hparams(source=str(folder), hparams_file=hparams_file, **kwargs)
 
 
 def finetune_tagging(

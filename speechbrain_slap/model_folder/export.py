@@ -14,6 +14,10 @@ A **SLAP model folder** (``export_model``, ``slap export``), loaded by
     caption_decoder.ckpt
     clap_loss.ckpt
     tokenizer.ckpt        the caption SentencePiece model
+    text_encoder/         the text encoder's Hugging Face files (config.json, the
+                          tokenizer files, model.safetensors): what builds it before
+                          text_encoder.ckpt loads, so nothing is fetched from the hub
+                          or another package
     ssl_head.ckpt         the SSL prototype head and the EMA teacher: not used
     teacher.ckpt          for inference, kept so fine-tuning continues all three losses
     SHA256SUMS            ``<sha256>  <file>`` for every file
@@ -23,7 +27,11 @@ The inference yaml is not written by hand: the definitions of ``MODEL_KEYS``
 are copied from the recipe's saved ``hyperparams.yaml`` (references resolved),
 with the top-level architecture values (``speechbrain_slap.hparams.ARCHITECTURE_KEYS``)
 that fine-tuning recipes read back, so the exported model is built exactly as
-it was trained.
+it was trained. The text encoder's ``source`` (a hub id, a local folder, or
+the folder a package ships) is saved into ``text_encoder/`` and the yaml points
+there as ``<model_folder>/text_encoder``: ``model_folder`` is a ``!PLACEHOLDER``
+that the loaders set to the folder's absolute path, so the folder loads from
+wherever it is moved, offline and with an empty Hugging Face cache.
 
 A **tagging model folder** (``export_tagging_model``), loaded by SpeechBrain's
 stock ``speechbrain.inference.classifiers.EncoderClassifier.from_hparams``:
@@ -40,6 +48,7 @@ import io
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +77,10 @@ TRAINING_FILES = ("ssl_head.ckpt", "teacher.ckpt")
 # Files that hold weights (an export replaces those of an earlier one).
 WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 DEFAULT_MAX_DURATION = 30.0
+# The text encoder's Hugging Face files inside a SLAP folder, and the yaml key the loaders
+# set to the folder's absolute path (the yaml's paths are <model_folder>/...).
+TEXT_ENCODER_DIR = "text_encoder"
+FOLDER_KEY = "model_folder"
 TRUST_NOTE = (
     "`hyperparams.yaml` is executable configuration (HyperPyYAML): use model folders only "
     "from sources you trust."
@@ -90,12 +103,14 @@ def write_folder(
     folder : str or Path
         The folder (created).
     files : dict
-        File name -> a file to copy, or ``write(fout)`` writing the content.
+        File name (``sub/name`` in a sub-folder) -> a file to copy, or
+        ``write(fout)`` writing the content.
     yaml_text : str
         The ``hyperparams.yaml``.
     overwrite : bool
         Replace the files of a non-empty ``folder`` (weight files of an
-        earlier export that this one does not write are removed).
+        earlier export that this one does not write are removed, and the
+        sub-folders this one writes are written anew).
 
     Returns
     -------
@@ -116,7 +131,11 @@ def write_folder(
     for stale in folder.iterdir():  # an earlier export's files (overwrite)
         if stale.is_file() and (stale.suffix in WEIGHT_SUFFIXES or stale.name == SUMS_FILE):
             stale.unlink()
+    for sub in sorted({Path(name).parts[0] for name in files if len(Path(name).parts) > 1}):
+        if (folder / sub).is_dir():  # a sub-folder this export writes is written whole
+            shutil.rmtree(folder / sub)
     for name, source in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         if callable(source):
             write_atomic(folder / name, source)
         else:
@@ -243,7 +262,7 @@ def inference_yaml(training_yaml: str | Path, max_duration: float | None = None)
     return _inference_yaml(_resolved_tree(training_yaml), training_yaml, max_duration)
 
 
-def _inference_yaml(tree, source, max_duration: float | None) -> str:
+def _inference_yaml(tree, source, max_duration: float | None, folder_key: bool = False) -> str:
     missing = [key for key in MODEL_KEYS if key not in tree]
     if missing:
         raise ModelFolderError(f"{source}: missing model definitions {missing}")
@@ -258,6 +277,12 @@ def _inference_yaml(tree, source, max_duration: float | None) -> str:
         "# inference parts. This file is executable configuration (HyperPyYAML): load model\n"
         "# folders only from sources you trust.\n\n"
     )
+    if folder_key:
+        stream.write(
+            "# This folder's absolute path, set by the loaders (SLAP.from_hparams): every path\n"
+            f"# below is <{FOLDER_KEY}>/..., inside the folder.\n"
+            f"{FOLDER_KEY}: !PLACEHOLDER\n\n"
+        )
     YAML().dump(subset, stream)
     loadables = "\n".join(f"        {key}: !ref <{key}>" for key in MODEL_KEYS[1:])
     modules = "\n".join(f"    {key}: !ref <{key}>" for key in MODEL_KEYS)
@@ -295,6 +320,95 @@ def find_tokenizer(output_folder: Path) -> Path:
             f"found {[str(c) for c in candidates]}"
         )
     return candidates[0]
+
+
+def _text_encoder_source(node) -> str:
+    """The value of a resolved tree's text encoder ``source``: a str, or a tag such as
+    ``!apply:speechbrain_slap.lobes.text_encoder.packaged_minilm_path []`` evaluated."""
+    if isinstance(node, str):
+        return node
+    from hyperpyyaml import load_hyperpyyaml
+
+    stream = io.StringIO()
+    YAML().dump({"source": node}, stream)
+    value = load_hyperpyyaml(stream.getvalue())["source"]
+    if not isinstance(value, str | Path):
+        raise ModelFolderError(f"text_encoder.source: expected a folder or hub id, got {value!r}")
+    return str(value)
+
+
+def save_text_encoder(source: str, target: str | Path) -> list[Path]:
+    """Saves a Hugging Face text encoder's config, tokenizer files and weights into ``target``.
+
+    What ``speechbrain_slap.lobes.text_encoder.HFTextEncoder`` loads with
+    ``AutoTokenizer`` / ``AutoModel.from_pretrained``, written with their
+    ``save_pretrained`` (``config.json``, ``tokenizer.json``,
+    ``tokenizer_config.json``, ``model.safetensors``...).
+
+    Arguments
+    ---------
+    source : str
+        Hub id or local folder, as the training yaml gives it.
+    target : str or Path
+        Folder to write (created).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Example
+    -------
+    >>> from speechbrain_slap.lobes.text_encoder import packaged_minilm_path
+    >>> target = getfixture("tmp_path") / "text_encoder"
+    >>> sorted(p.name for p in save_text_encoder(packaged_minilm_path(), target))[:2]
+    ['config.json', 'model.safetensors']
+    """
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    local = {"local_files_only": True} if Path(source).is_dir() else {}
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # an export prints what it wrote, not loading bars
+    try:
+        AutoTokenizer.from_pretrained(source, **local).save_pretrained(target)
+        AutoModel.from_pretrained(source, **local).save_pretrained(target)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return sorted(path for path in target.rglob("*") if path.is_file())
+
+
+def _bundle_text_encoder(tree, staging: Path) -> dict[str, Path]:
+    """Saves the tree's text encoder into ``staging`` and points the tree at the folder's copy.
+
+    ``text_source`` (when the tree has it) and ``text_encoder.source`` become
+    ``!ref <model_folder>/text_encoder``; a ``cache_dir`` is dropped (nothing
+    is downloaded). Returns the files as ``text_encoder/<name>`` -> path.
+    """
+    from ruamel.yaml.comments import TaggedScalar
+
+    node = tree["text_encoder"]
+    if not isinstance(node, dict) or "source" not in node:
+        raise ModelFolderError("text_encoder: expected an HFTextEncoder definition with a source")
+    source = _text_encoder_source(node["source"])
+    try:
+        written = save_text_encoder(source, staging)
+    except OSError as error:
+        raise ModelFolderError(
+            f"text_encoder.source {source!r}: cannot save the text encoder into the model "
+            f"folder ({error})"
+        ) from error
+    inside = TaggedScalar(f"<{FOLDER_KEY}>/{TEXT_ENCODER_DIR}", tag="!ref")
+    if "text_source" in tree:
+        tree["text_source"] = inside
+        node["source"] = TaggedScalar("<text_source>", tag="!ref")
+    else:
+        node["source"] = inside
+    node.pop("cache_dir", None)
+    return {f"{TEXT_ENCODER_DIR}/{path.relative_to(staging).as_posix()}": path for path in written}
 
 
 def export_model(
@@ -338,7 +452,10 @@ def export_model(
         {name: checkpoint / name for name in TRAINING_FILES if (checkpoint / name).is_file()}
     )
     tree = _resolved_tree(training_yaml)
-    write_folder(model_folder, sources, _inference_yaml(tree, training_yaml, None), overwrite)
+    with tempfile.TemporaryDirectory() as staging:
+        sources.update(_bundle_text_encoder(tree, Path(staging)))
+        text = _inference_yaml(tree, training_yaml, None, folder_key=True)
+        write_folder(model_folder, sources, text, overwrite)
 
     results = output_folder / "test_results.json"
     metrics = json.loads(results.read_text()) if results.is_file() else None
@@ -355,6 +472,8 @@ def export_model(
     usage = f"""
 from speechbrain_slap.inference import SLAP
 
+# This folder, or its Hugging Face hub id once uploaded:
+# SLAP.from_hparams(source="org/name", savedir="models/org-name")
 model = SLAP.from_hparams(source="{model_folder.name}")
 audio = model.encode_file("clip.wav")
 scores, best, index, labels = model.classify_file("clip.wav", ["dog barking", "rain"])
@@ -557,9 +676,12 @@ def export_tagging_model(
     task = [f"Task: {kind}, {len(labels)} classes", f"Classes: {shown}"]
     arch = [f"{k}: {hparams[k]}" for k in ("embed_dim", "depth", "num_heads", "n_mels")]
     usage = """
-from speechbrain.inference.classifiers import EncoderClassifier
+from speechbrain_slap.tagging import TaggingClassifier
 
-model = EncoderClassifier.from_hparams(source="PATH/TO/THIS/FOLDER", savedir="tmp")
+# This folder, or its Hugging Face hub id ("org/name") once uploaded; the files are
+# checked against SHA256SUMS first. SpeechBrain's EncoderClassifier.from_hparams
+# loads the folder too, without the checks.
+model = TaggingClassifier.from_hparams(source="PATH/TO/THIS/FOLDER")
 scores, best_score, index, label = model.classify_file("clip.wav")
 # classify_batch(wavs, wav_lens) takes a padded 16 kHz batch.
 """
@@ -571,8 +693,6 @@ scores, best_score, index, label = model.classify_file("clip.wav")
 
 def _label_encoder_text(label_encoder) -> bytes:
     """``CategoricalEncoder.save``'s file content (it writes to a path only)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "label_encoder.ckpt"
         label_encoder.save(path)

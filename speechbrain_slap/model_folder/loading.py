@@ -1,5 +1,11 @@
 """Loading model folders: the one place where a model folder's files are checked and loaded.
 
+A model comes from a local folder or a Hugging Face hub id (``org/name``):
+``model_folder`` fetches a hub id's files with SpeechBrain's own fetching
+(``speechbrain.utils.fetching.fetch``), ``SHA256SUMS`` first, then every file
+it lists, into ``savedir`` (links into the Hugging Face cache) or the cache's
+snapshot folder, and checks them all before anything is loaded.
+
 Every load goes through ``check_model_folder``: the folder's ``SHA256SUMS``
 must cover every file and match (``verify_checksums``), and its
 ``hyperparams.yaml`` may build only what the allow-list allows
@@ -21,10 +27,12 @@ Authors
  * speechbrain-slap contributors 2026
 """
 
+import dataclasses
 import functools
 import importlib
 import inspect
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import TextIO
@@ -32,8 +40,17 @@ from typing import TextIO
 from ruamel.yaml import YAML
 
 from speechbrain_slap.hparams import ARCHITECTURE_KEYS
-from speechbrain_slap.model_folder.checksums import ModelFolderError, verify_checksums
-from speechbrain_slap.model_folder.yaml_check import check_yaml_targets
+from speechbrain_slap.model_folder.checksums import (
+    SUMS_FILE,
+    ModelFolderError,
+    read_checksums,
+    verify_checksums,
+)
+from speechbrain_slap.model_folder.yaml_check import (
+    FOLDER_KEY,
+    check_yaml_targets,
+    folder_overrides,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +58,158 @@ logger = logging.getLogger(__name__)
 # (features and encoder), and the arguments that pick a kernel, not what is computed.
 ENCODER_KEYS = ("compute_features", "audio_encoder")
 KERNEL_ARGUMENTS = ("attention_backend",)
+# A Hugging Face hub model id: "org/name" (a source that is not a local folder).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_hub_id(source) -> bool:
+    """Whether ``source`` is read as a Hugging Face hub id: ``org/name``, not a local folder.
+
+    Example
+    -------
+    >>> is_hub_id("speechbrain-slap/slap-tiny"), is_hub_id("models/slap_tiny/"), is_hub_id("a/b/c")
+    (True, False, False)
+    """
+    text = str(source)
+    return not Path(text).is_dir() and HUB_ID.fullmatch(text) is not None and ".." not in text
+
+
+def fetch_model_folder(
+    source: str,
+    savedir: str | Path | None = None,
+    hparams_file: str = "hyperparams.yaml",
+    fetch_config=None,
+    huggingface_cache_dir: str | Path | None = None,
+) -> Path:
+    """Fetches a hub model's files with SpeechBrain's fetching and checks them against its sums.
+
+    ``SHA256SUMS`` is fetched first; then every file it lists (it must list
+    ``hparams_file``), each with ``speechbrain.utils.fetching.fetch`` (the
+    Hugging Face cache first, ``HF_HUB_OFFLINE=1`` respected); then the whole
+    folder is checked (``verify_checksums``: every file listed and matching).
+
+    Arguments
+    ---------
+    source : str
+        Hub id ``org/name``.
+    savedir : str or Path, optional
+        Folder to collect the files in (links into the Hugging Face cache,
+        refreshed on every call); default: the cache's snapshot folder itself.
+    hparams_file : str
+        The yaml the sums must list.
+    fetch_config : speechbrain.utils.fetching.FetchConfig, optional
+        Revision, token, network... (``overwrite`` is always on, so the links
+        in ``savedir`` are those of this fetch).
+    huggingface_cache_dir : str or Path, optional
+        The Hugging Face cache (default: ``HF_HUB_CACHE`` / ``HF_HOME``).
+
+    Returns
+    -------
+    Path
+        The local folder holding every file, checked.
+
+    Raises
+    ------
+    ModelFolderError
+        A file cannot be fetched (the message names the hub id and the file),
+        or fails its sum.
+    """
+    from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
+
+    config = fetch_config or FetchConfig()
+    if huggingface_cache_dir is not None:
+        config = dataclasses.replace(config, huggingface_cache_dir=str(huggingface_cache_dir))
+    config = dataclasses.replace(config, overwrite=True)
+    strategy = LocalStrategy.SYMLINK if savedir is not None else LocalStrategy.NO_LINK
+
+    def get(name: str) -> Path:
+        target = None if savedir is None else Path(savedir) / Path(name).parent
+        try:
+            return Path(
+                fetch(
+                    name,
+                    source,
+                    savedir=target,
+                    save_filename=Path(name).name,
+                    local_strategy=strategy,
+                    fetch_config=config,
+                )
+            )
+        except Exception as error:  # what the hub client raises: offline, not found, ...
+            raise ModelFolderError(
+                f"{source}: not a local folder, and {name} cannot be fetched from the Hugging "
+                f"Face hub model {source!r} ({type(error).__name__}: {error})"
+            ) from error
+
+    sums = get(SUMS_FILE)
+    folder = sums.parent if savedir is None else Path(savedir)
+    names = read_checksums(sums)
+    if hparams_file not in names:
+        raise ModelFolderError(
+            f"{source}: {SUMS_FILE} does not list {hparams_file}; the yaml is executable "
+            "configuration and must have its SHA-256 there"
+        )
+    for name in names:
+        path = get(name)
+        if path.absolute() != (folder / name).absolute():
+            raise ModelFolderError(
+                f"{source}: {name} was fetched to {path}, not next to {SUMS_FILE} in {folder} "
+                "(did the hub repository change while fetching? try again)"
+            )
+    try:
+        verify_checksums(folder)
+    except ModelFolderError as error:
+        raise ModelFolderError(
+            f"{source}: fetched into {folder}, which does not pass its {SUMS_FILE}: {error}"
+        ) from None
+    logger.info("%s: %d files fetched into %s and checked", source, len(names), folder)
+    return folder
+
+
+def model_folder(
+    source,
+    savedir: str | Path | None = None,
+    hparams_file: str = "hyperparams.yaml",
+    fetch_config=None,
+    huggingface_cache_dir: str | Path | None = None,
+) -> Path:
+    """The local folder of ``source``: the folder itself, or a hub id's fetched files.
+
+    A local folder is read in place (``savedir`` is not used: SpeechBrain
+    would reuse files already in a savedir, which may be older ones); a hub
+    id (``is_hub_id``) is fetched and checked (``fetch_model_folder``).
+    Anything else is returned as a path, for ``check_model_folder`` to refuse.
+
+    Example
+    -------
+    >>> model_folder(getfixture("tmp_path")) == getfixture("tmp_path")
+    True
+    """
+    if is_hub_id(source):
+        return fetch_model_folder(
+            str(source), savedir, hparams_file, fetch_config, huggingface_cache_dir
+        )
+    if savedir is not None:
+        logger.info("%s: loaded in place; savedir is used for hub ids only", source)
+    return Path(source)
+
+
+def load_overrides(yaml_file: str | Path, overrides=None) -> dict:
+    """``overrides`` (a dict or YAML text) plus the folder's path for ``<model_folder>``.
+
+    An exported folder's yaml has ``model_folder: !PLACEHOLDER``; every
+    loader passes the folder's absolute path there (``folder_overrides``).
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "hyperparams.yaml").write_text("model_folder: !PLACEHOLDER\\n")
+    >>> sorted(load_overrides(folder / "hyperparams.yaml", "window_hop: 15.0"))
+    ['model_folder', 'window_hop']
+    """
+    if isinstance(overrides, str):
+        overrides = YAML(typ="safe").load(overrides) or {}
+    return {**folder_overrides(yaml_file), **(overrides or {})}
 
 
 def check_model_folder(
@@ -77,7 +246,8 @@ def check_model_folder(
     folder = Path(folder)
     if not (folder / hparams_file).is_file():
         raise FileNotFoundError(
-            f"{folder}: not a model folder (no {hparams_file}; SLAP models load from local folders)"
+            f"{folder}: not a model folder (no {hparams_file}; a model is a local folder or a "
+            "Hugging Face hub id org/name)"
         )
     check_yaml_targets(folder / hparams_file, trust_remote_code)
     if verify:
@@ -85,24 +255,73 @@ def check_model_folder(
     return folder
 
 
+def open_model_folder(
+    source,
+    hparams_file: str = "hyperparams.yaml",
+    verify: bool = True,
+    trust_remote_code: bool = False,
+    savedir: str | Path | None = None,
+    fetch_config=None,
+    huggingface_cache_dir: str | Path | None = None,
+    overrides=None,
+) -> tuple[Path, dict]:
+    """What an interface's ``from_hparams`` does before SpeechBrain loads: fetch, check, point.
+
+    ``model_folder`` (a hub id is fetched and checked), ``check_model_folder``
+    (a local folder's sums unless not ``verify``, the yaml's allow-list and
+    paths), and the overrides with the folder's path (``load_overrides``).
+
+    Arguments
+    ---------
+    source : str or Path
+        A local folder or a hub id ``org/name``.
+    hparams_file : str
+        The yaml inside it.
+    verify : bool
+        Check a local folder's ``SHA256SUMS`` (a hub model's files always are).
+    trust_remote_code : bool
+        Skip the yaml's allow-list and path checks.
+    savedir : str or Path, optional
+        Where a hub model's files are collected.
+    fetch_config : speechbrain.utils.fetching.FetchConfig, optional
+        For a hub id.
+    huggingface_cache_dir : str or Path, optional
+        For a hub id.
+    overrides : dict or str, optional
+        The caller's yaml overrides.
+
+    Returns
+    -------
+    tuple
+        ``(folder, overrides)``: load ``folder`` in place with ``overrides``.
+    """
+    fetched = is_hub_id(source)  # then fetch_model_folder has checked every file
+    folder = model_folder(source, savedir, hparams_file, fetch_config, huggingface_cache_dir)
+    check_model_folder(folder, hparams_file, trust_remote_code, verify and not fetched)
+    return folder, load_overrides(folder / hparams_file, overrides)
+
+
 def load_slap(
     folder: str | Path,
     run_opts: dict | None = None,
     batch_seconds: float = 300.0,
     trust_remote_code: bool = False,
+    savedir: str | Path | None = None,
 ):
     """The ``SLAP`` inference interface of a model folder, checked (``check_model_folder``).
 
     Arguments
     ---------
     folder : str or Path
-        The model folder.
+        The model folder, or a Hugging Face hub id ``org/name``.
     run_opts : dict, optional
         SpeechBrain run options (``{"device": "cuda"}``).
     batch_seconds : float
         Seconds of audio encoded per forward.
     trust_remote_code : bool
         Load a yaml that uses code outside the allow-list.
+    savedir : str or Path, optional
+        Where a hub id's files are collected (default: the Hugging Face cache).
 
     Returns
     -------
@@ -121,6 +340,7 @@ def load_slap(
             run_opts=run_opts or {},
             batch_seconds=batch_seconds,
             trust_remote_code=trust_remote_code,
+            savedir=savedir,
         )
     except ModelFolderError:
         raise
@@ -289,7 +509,9 @@ def architecture_overrides(
     -------
     dict
         Key -> value (a round-trip yaml node where the value is tagged, e.g.
-        a text encoder ``source`` given by ``!apply:``).
+        a text encoder ``source`` given by ``!apply:``); a value inside the
+        folder (``!ref <model_folder>/text_encoder``) becomes its absolute
+        path, so the recipe builds the folder's own text encoder.
 
     Example
     -------
@@ -307,7 +529,22 @@ def architecture_overrides(
         theirs = YAML().load(fin) or {}
     with open(hparams_file, encoding="utf-8") as fin:
         ours = YAML().load(fin) or {}
-    return {key: theirs[key] for key in ARCHITECTURE_KEYS if key in theirs and key in ours}
+    inside = folder_overrides(folder_yaml).get(FOLDER_KEY)
+    values = {}
+    for key in ARCHITECTURE_KEYS:
+        if key in theirs and key in ours:
+            value = theirs[key]
+            # "!ref <model_folder>/text_encoder": the folder's own files, by absolute path
+            reference = getattr(value, "value", None) if _tag(value) == "!ref" else None
+            if inside and isinstance(reference, str) and reference.startswith(f"<{FOLDER_KEY}>"):
+                value = inside + reference[len(f"<{FOLDER_KEY}>") :]
+            values[key] = value
+    return values
+
+
+def _tag(node) -> str:
+    """The HyperPyYAML tag of a round-trip node ('' for plain data)."""
+    return str(getattr(getattr(node, "tag", None), "value", "") or "")
 
 
 def encoder_definitions(yaml_stream: TextIO, overrides: str | dict | None = None) -> dict:
@@ -409,7 +646,7 @@ def check_encoder_matches(
     with open(hparams_file) as fin:
         ours = encoder_definitions(fin, overrides)
     with open(model_yaml) as fin:
-        theirs = encoder_definitions(fin)
+        theirs = encoder_definitions(fin, folder_overrides(model_yaml) or None)
     problems = []
     for key in ENCODER_KEYS:
         (our_tag, our_args), (their_tag, their_args) = ours[key], theirs[key]

@@ -30,6 +30,7 @@ ALLOWED_YAML_TARGETS = (
     "speechbrain_slap.ema.",
     "speechbrain.utils.parameter_transfer.Pretrainer",
     "speechbrain.dataio.encoder.CategoricalEncoder",
+    "speechbrain.dataio.preprocess.AudioNormalizer",  # a tagging folder's input resampling
     "speechbrain.nnet.",
     "speechbrain.lobes.features.",
     "torch.nn.",
@@ -47,6 +48,8 @@ _KEY_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bo
 # full loader: its inside is YAML too, and must be plain data.
 _TUPLE = re.compile(r"^\(.*\)$", re.DOTALL)
 _REFERENCE_PART = re.compile(r"<[^>]*>")
+# The top-level key the loaders set to the folder's absolute path (paths are <model_folder>/...).
+FOLDER_KEY = "model_folder"
 # Bounds on what an untrusted yaml may ask of the loader.
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000
@@ -263,12 +266,105 @@ def untrusted_yaml_targets(
     from hyperpyyaml.core import resolve_references
 
     try:
-        resolved = resolve_references(io.StringIO(text)).getvalue()
+        resolved = resolve_references(io.StringIO(text), folder_overrides(yaml_file)).getvalue()
     except Exception as error:  # what HyperPyYAML would raise on this file
         raise ModelFolderError(f"{source}: references do not resolve ({error})") from None
     found = _node_offences(_compose(resolved, source), allowed)
     found.extend(_pretrainer_paths(tree))
     return _unique(found)
+
+
+def folder_overrides(yaml_file: str | Path) -> dict:
+    """``{"model_folder": <absolute folder>}`` for a yaml with a top-level ``model_folder`` key.
+
+    An exported folder's yaml writes its paths as ``<model_folder>/...`` with
+    ``model_folder: !PLACEHOLDER``; the loaders and these checks set it to the
+    folder the yaml is in. A yaml without the key gets no override.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "hyperparams.yaml").write_text("model_folder: !PLACEHOLDER\\na: 1\\n")
+    >>> folder_overrides(folder / "hyperparams.yaml") == {"model_folder": str(folder.resolve())}
+    True
+    """
+    yaml_file = Path(yaml_file)
+    text = yaml_file.read_text(encoding="utf-8")
+    if not re.search(rf"^{FOLDER_KEY}\s*:", text, re.MULTILINE):
+        return {}
+    return {FOLDER_KEY: str(yaml_file.parent.resolve())}
+
+
+def path_escapes(yaml_file: str | Path) -> list[str]:
+    """The values of a model folder's yaml that are paths leading out of the folder.
+
+    After reference resolution (``model_folder`` set to the folder, as the
+    loaders set it), every string value that is an absolute path (``/...``,
+    ``C:\\...``) or a relative one that exists from the current folder
+    (``data/minilm``) must resolve inside the folder, and no string value may
+    start with ``~`` or have a ``..`` path part: a model folder reads only its
+    own files, which ``SHA256SUMS`` covers. Hub ids (``org/name``, when no
+    such local folder exists) and plain words pass.
+
+    Arguments
+    ---------
+    yaml_file : str or Path
+        The folder's ``hyperparams.yaml``.
+
+    Returns
+    -------
+    list of str
+        ``"<key path>: <value>"`` for each escape, e.g.
+        ``["text_encoder.source: '/home/me/minilm'"]``.
+
+    Example
+    -------
+    >>> folder = getfixture("tmp_path")
+    >>> _ = (folder / "hyperparams.yaml").write_text(
+    ...     "model_folder: !PLACEHOLDER\\n"
+    ...     "inside: !ref <model_folder>/text_encoder\\n"
+    ...     "hub: org/name\\n"
+    ...     "up: !ref <model_folder>/../other\\n"
+    ...     "enc: !new:torch.nn.Identity\\n"
+    ...     "    source: /etc\\n"
+    ... )
+    >>> [escape.split(":")[0] for escape in path_escapes(folder / "hyperparams.yaml")]
+    ['up', 'enc.source']
+    """
+    from hyperpyyaml.core import resolve_references
+    from ruamel.yaml import YAML
+
+    yaml_file = Path(yaml_file)
+    folder = yaml_file.parent.resolve()
+    with open(yaml_file, encoding="utf-8") as fin:
+        resolved = resolve_references(fin, folder_overrides(yaml_file)).getvalue()
+    found = []
+
+    def escapes(value: str) -> bool:
+        if ".." in re.split(r"[/\\]", value) or value.startswith("~"):
+            return True  # a home folder is never inside the model folder
+        absolute = value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[/\\]", value)
+        # a relative value with a separator that exists here is read from the current folder
+        if not absolute and not (re.search(r"[/\\]", value) and Path(value).exists()):
+            return False
+        path = Path(value).resolve()
+        return path != folder and folder not in path.parents
+
+    def walk(node, key):
+        if isinstance(node, str):
+            if escapes(node):
+                found.append(f"{key}: {node!r}")
+        elif isinstance(node, dict):
+            for name, value in node.items():
+                walk(value, f"{key}.{name}" if key else str(name))
+        elif isinstance(node, list | tuple):
+            for index, value in enumerate(node):
+                walk(value, f"{key}[{index}]")
+        elif hasattr(node, "value") and isinstance(node.value, str):  # a tagged scalar
+            walk(node.value, key)
+
+    walk(YAML(typ="rt").load(resolved), "")
+    return found
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -293,14 +389,22 @@ def _pretrainer_paths(tree) -> list[str]:
 
 
 def check_yaml_targets(yaml_file: str | Path, trust_remote_code: bool = False) -> None:
-    """Raises ``ModelFolderError`` if the yaml builds anything outside the allow-list.
+    """Raises ``ModelFolderError`` if the yaml builds anything outside the allow-list
+    or points outside its folder.
 
     Arguments
     ---------
     yaml_file : str or Path
         A model folder's ``hyperparams.yaml``.
     trust_remote_code : bool
-        Skip the check (the user vouches for the folder).
+        Skip the checks (the user vouches for the folder).
+
+    Raises
+    ------
+    ModelFolderError
+        The yaml builds or calls code outside the allow-list
+        (``untrusted_yaml_targets``), or a path in it leads out of the folder
+        (``path_escapes``); the message names the tags or keys.
     """
     if trust_remote_code:
         return
@@ -310,4 +414,11 @@ def check_yaml_targets(yaml_file: str | Path, trust_remote_code: bool = False) -
             f"{yaml_file}: builds or calls code outside the allow-list: {offending}. "
             "hyperparams.yaml is executable configuration; if you trust where this folder "
             "comes from, load it with trust_remote_code=True (slap: --trust-remote-code)"
+        )
+    outside = path_escapes(yaml_file)
+    if outside:
+        raise ModelFolderError(
+            f"{yaml_file}: paths outside the model folder: {'; '.join(outside)}. A model "
+            f"folder's yaml may point only inside the folder (<{FOLDER_KEY}>/...), at files "
+            "SHA256SUMS covers"
         )

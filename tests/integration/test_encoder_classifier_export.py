@@ -5,6 +5,8 @@ the folder (no speechbrain_slap loader); its ``classify_file`` and
 ``classify_batch`` scores are compared with the scores computed directly with
 the trained modules. The weights are moved away from their initialisation
 first, so a load that silently kept fresh weights would fail the comparison.
+The last test loads the same folder by hub id, from a hub cache it builds,
+through ``speechbrain_slap.tagging.TaggingClassifier``.
 """
 
 import hashlib
@@ -162,3 +164,41 @@ def test_export_refuses_a_label_count_mismatch(tmp_path):
     encoder.update_from_iterable(LABELS[:3])
     with pytest.raises(ValueError, match="3 labels but the classifier has 4 outputs"):
         export_tagging_model(hparams, encoder, tmp_path / "bad")
+
+
+def test_tagging_interface_loads_a_hub_id_with_the_same_scores(exported, tmp_path):
+    """``TaggingClassifier.from_hparams("org/name")`` on a hub cache built here, offline:
+    the files are checked first, and the scores are the stock class's on the local folder."""
+    from speechbrain.utils.fetching import FetchConfig
+
+    from speechbrain_slap.model_folder import ModelFolderError
+    from speechbrain_slap.tagging import TaggingClassifier
+
+    _, classifier, folder, _ = exported
+    revision = "89abcdef" * 5
+    repo = tmp_path / "hub" / "models--org--slap-tagger"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    options = {
+        "huggingface_cache_dir": tmp_path / "hub",
+        "fetch_config": FetchConfig(allow_network=False),
+    }
+    hub = TaggingClassifier.from_hparams(
+        source="org/slap-tagger", savedir=tmp_path / "fetched", **options
+    )
+    assert isinstance(hub, EncoderClassifier)
+    clips = [_clip(16000, seed=1), _clip(24000, seed=2)]
+    wavs = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    wav_lens = torch.tensor([16000 / 24000, 1.0])
+    expected = classifier.classify_batch(wavs, wav_lens)
+    got = hub.classify_batch(wavs, wav_lens)
+    torch.testing.assert_close(got[0], expected[0])
+    assert got[3] == expected[3]
+    local = TaggingClassifier.from_hparams(source=str(folder))  # a local folder, checked
+    torch.testing.assert_close(local.classify_batch(wavs, wav_lens)[0], expected[0])
+
+    with open(repo / "snapshots" / revision / "classifier.ckpt", "ab") as fout:
+        fout.write(b"\0")
+    with pytest.raises(ModelFolderError, match=r"classifier.ckpt: SHA-256 mismatch"):
+        TaggingClassifier.from_hparams(source="org/slap-tagger", **options)

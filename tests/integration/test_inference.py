@@ -64,10 +64,15 @@ def test_model_folder_files_and_card(slap_model_folder):
             "tokenizer.ckpt",
             "ssl_head.ckpt",
             "teacher.ckpt",
+            "text_encoder",
         ]
     )
+    text_encoder = sorted(p.name for p in (slap_model_folder / "text_encoder").iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(text_encoder)
     assert sorted(verify_checksums(slap_model_folder)) == sorted(
-        [n for n in names if n.endswith(".ckpt")] + ["hyperparams.yaml"]
+        [n for n in names if n.endswith(".ckpt")]
+        + ["hyperparams.yaml"]
+        + [f"text_encoder/{n}" for n in text_encoder]
     )
     card = (slap_model_folder / "README.md").read_text()
     assert "| t2a_R@1 | 0.125 |" in card and "| a2t_R@1 | 0.25 |" in card
@@ -380,7 +385,7 @@ def test_yaml_outside_the_allow_list_needs_trust(slap_model_folder, tmp_path):
     shutil.copytree(slap_model_folder, folder)
     with open(folder / "hyperparams.yaml", "a") as fout:
         fout.write("\nworking_directory: !apply:os.getcwd []\n")
-    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")] + ["hyperparams.yaml"])
+    write_checksums(folder)
     with pytest.raises(ModelFolderError, match=r"outside the allow-list: \['!apply:os.getcwd'\]"):
         SLAP.from_hparams(source=str(folder))
     trusted = SLAP.from_hparams(source=str(folder), trust_remote_code=True)
@@ -393,7 +398,7 @@ def test_tags_on_keys_need_trust_even_with_sums_updated(slap_model_folder, tmp_p
     shutil.copytree(slap_model_folder, folder)
     with open(folder / "hyperparams.yaml", "a") as fout:
         fout.write("\nextra:\n  !apply:os.getpid : 1\n")
-    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")] + ["hyperparams.yaml"])
+    write_checksums(folder)
     with pytest.raises(ModelFolderError, match=r"!apply:os.getpid \(on a mapping key\)"):
         SLAP.from_hparams(source=str(folder))
     trusted = SLAP.from_hparams(source=str(folder), trust_remote_code=True)
@@ -403,7 +408,7 @@ def test_tags_on_keys_need_trust_even_with_sums_updated(slap_model_folder, tmp_p
 def test_sums_must_cover_the_yaml_and_every_file(slap_model_folder, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(slap_model_folder, folder)
-    weights = [p.name for p in folder.glob("*.ckpt")]
+    weights = [n for n in verify_checksums(folder) if n != "hyperparams.yaml"]
     write_checksums(folder, weights)  # the yaml left out
     with pytest.raises(ModelFolderError, match="does not list hyperparams.yaml"):
         SLAP.from_hparams(source=str(folder))
@@ -466,8 +471,10 @@ def test_export_overwrite_replaces_every_file(recipe_output, slap_model_folder, 
     folder = tmp_path / "model"
     shutil.copytree(slap_model_folder, folder)
     (folder / "old_extra.ckpt").write_bytes(b"from an earlier export")
+    (folder / "text_encoder" / "vocab.txt").write_text("an earlier text encoder's file")
     export_model(recipe_output, folder, overwrite=True)
     assert not (folder / "old_extra.ckpt").exists()
+    assert not (folder / "text_encoder" / "vocab.txt").exists()
     SLAP.from_hparams(source=str(folder))
 
 
@@ -497,6 +504,6 @@ def test_weights_that_unpickle_objects_are_refused(slap_model_folder, tmp_path):
     state = torch.load(folder / "audio_pooling.ckpt", weights_only=True)
     state["payload"] = _Payload()
     torch.save(state, folder / "audio_pooling.ckpt")
-    write_checksums(folder, [p.name for p in folder.glob("*.ckpt")] + ["hyperparams.yaml"])
+    write_checksums(folder)
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         SLAP.from_hparams(source=str(folder))

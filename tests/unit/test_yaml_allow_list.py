@@ -6,6 +6,7 @@ runs it (a marker file appears), so the refusal is what protects the user.
 Clean files (the exported model folders' yaml among them) pass.
 """
 
+import re
 import textwrap
 
 import pytest
@@ -13,9 +14,10 @@ import pytest
 from speechbrain_slap.model_folder import (
     ModelFolderError,
     check_yaml_targets,
+    path_escapes,
     untrusted_yaml_targets,
 )
-from speechbrain_slap.model_folder.yaml_check import MAX_YAML_NODES
+from speechbrain_slap.model_folder.yaml_check import MAX_YAML_NODES, folder_overrides
 
 
 def _write(tmp_path, text: str):
@@ -162,3 +164,61 @@ def test_clean_files_pass(tmp_path, slap_model_folder):
         c: 2
     """
     assert untrusted_yaml_targets(_write(tmp_path, text)) == []
+
+
+# -- paths: a model folder's yaml points only inside the folder ----------
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("text_source: !ref <model_folder>/../other_model", "text_source"),
+        ("text_source: /usr/share/minilm", "text_source"),
+        ("nested: {deep: [1, ../../etc/passwd]}", "nested.deep[1]"),
+        ("text_source: ~/minilm", "text_source"),
+        ("text_source: text_encoder/../../x", "text_source"),
+    ],
+)
+def test_paths_out_of_the_folder_are_refused_naming_the_key(tmp_path, line, key):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    text = f"model_folder: !PLACEHOLDER\n{line}\n"
+    text += "encoder: !new:torch.nn.Identity\n    source: !ref <model_folder>/text_encoder\n"
+    path = folder / "hyperparams.yaml"
+    path.write_text(text)
+    assert untrusted_yaml_targets(path) == []  # no code outside the allow-list
+    assert [escape.split(": ")[0] for escape in path_escapes(path)] == [key]
+    with pytest.raises(
+        ModelFolderError, match=rf"paths outside the model folder: {re.escape(key)}: "
+    ):
+        check_yaml_targets(path)
+    check_yaml_targets(path, trust_remote_code=True)  # the user vouches for the folder
+
+
+def test_paths_inside_the_folder_and_hub_ids_pass(tmp_path, slap_model_folder):
+    assert path_escapes(slap_model_folder / "hyperparams.yaml") == []
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = folder / "hyperparams.yaml"
+    path.write_text(
+        "model_folder: !PLACEHOLDER\n"
+        "text_source: !ref <model_folder>/text_encoder\n"
+        f"absolute_inside: {folder.resolve()}/text_encoder/config.json\n"
+        "hub: answerdotai/ModernBERT-base\n"
+        "ratio: 0.5\n"
+    )
+    assert path_escapes(path) == []
+    check_yaml_targets(path)
+    # the override is the folder's own path, wherever the folder is
+    assert folder_overrides(path) == {"model_folder": str(folder.resolve())}
+
+
+def test_relative_paths_that_exist_here_are_outside_the_folder(tmp_path, monkeypatch):
+    """``org/name`` is a hub id, unless a folder of that name is in the current directory:
+    then transformers would read that folder, which SHA256SUMS does not cover."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = folder / "hyperparams.yaml"
+    path.write_text("text_source: org/name\n")
+    monkeypatch.chdir(tmp_path)
+    assert path_escapes(path) == []
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert path_escapes(path) == ["text_source: 'org/name'"]
