@@ -24,7 +24,9 @@ The two run side by side in one process, alternating (SLAP, HTSAT, SLAP, ...)
 with the same torch thread count, ``--repeats`` times each after one warm-up
 call; the table gives the median of each and the ratio of SLAP's speed to
 HTSAT's (above 1: SLAP is faster). ``--precision`` adds rows of SLAP and HTSAT
-under bf16 autocast.
+under bf16 autocast. The warm-up call also counts each model's FLOPs
+of the matmuls (``torch.utils.flop_counter``; not those inside SDPA) per second of audio,
+which is what the speeds follow.
 
 Usage::
 
@@ -47,6 +49,7 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode_file_speed import build_model_folder, cpu_name, load_average  # noqa: E402
@@ -176,7 +179,17 @@ def main(argv=None) -> None:
             def run_htsat(precision=precision):
                 assert htsat.encode(precision).shape[0] == len(paths)
 
-            run_slap(), run_htsat()  # warm-up
+            # The warm-up pass also counts the FLOPs of the matmuls (not those inside SDPA).
+            flops = {}
+            for name, run in (("slap", run_slap), ("htsat", run_htsat)):
+                with FlopCounterMode(display=False) as counter:
+                    run()
+                flops[name] = counter.get_total_flops()
+            print(
+                f"  {precision}: GFLOP per second of audio: SLAP "
+                f"{flops['slap'] / 1e9 / audio_seconds:.2f}, HTSAT "
+                f"{flops['htsat'] / 1e9 / audio_seconds:.2f} (its 10 s windows included)"
+            )
             slap_times, htsat_times = [], []
             for _ in range(args.repeats):
                 slap_times.append(timed(run_slap))
