@@ -36,7 +36,8 @@ held-out split is only monitored). The test stage writes
 The recipes export the trained model with
 ``speechbrain_slap.model_folder.export_tagging_model``, a folder that
 SpeechBrain's stock ``speechbrain.inference.classifiers.EncoderClassifier.from_hparams``
-loads.
+loads; ``TaggingClassifier``, its subclass, adds a ``precision``
+(``bf16`` autocast on CPUs and GPUs).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -50,12 +51,14 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.inference.classifiers import EncoderClassifier
 
 from speechbrain_slap.data.audio import load_audio
 from speechbrain_slap.lobes.features import pad_to_hop
 from speechbrain_slap.lobes.packing import checked_lengths, frames_from_relative_lengths
 from speechbrain_slap.metrics import accuracy, macro_average_precision
 from speechbrain_slap.outputs import write_json
+from speechbrain_slap.precision import check_precision, inference_context
 
 logger = logging.getLogger(__name__)
 
@@ -563,3 +566,45 @@ def finetune_tagging(
         },
     )
     return brain
+
+
+# -- inference ------------------------------------------------------------------------
+class TaggingClassifier(EncoderClassifier):
+    """SpeechBrain's ``EncoderClassifier`` over a tagging folder, with a precision.
+
+    The folders of ``export_tagging_model`` load in the stock
+    ``EncoderClassifier``, which always computes in fp32 (it does not apply
+    ``run_opts["precision"]``). This subclass runs the features, the SLAP
+    encoder and the pooling under the autocast of ``precision``
+    (``speechbrain_slap.precision``); the embedding is returned in fp32 and the
+    classifier head runs in fp32. With ``fp32`` it is the stock class.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As ``EncoderClassifier`` (build it with ``from_hparams``).
+    precision : str, optional
+        ``fp32``, ``bf16`` or ``fp16``; the default is ``run_opts["precision"]``
+        (``fp32`` unless set).
+
+    Example
+    -------
+    >>> tagger = TaggingClassifier.from_hparams(source="tagger", precision="bf16")  # doctest: +SKIP
+    >>> tagger.classify_file("clip.wav")[0].shape  # doctest: +SKIP
+    torch.Size([1, 527])
+    """
+
+    def __init__(self, *args, precision: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_precision(self.precision if precision is None else precision)
+
+    def set_precision(self, precision: str) -> None:
+        """Runs the embedding model in ``precision`` from now on (``fp32``, ``bf16``, ``fp16``)."""
+        self.precision = check_precision(precision)
+        self.inference_ctx = inference_context(self.precision, self.device_type)
+
+    def encode_batch(self, wavs, wav_lens=None, normalize=False):
+        """``EncoderClassifier.encode_batch`` under the precision's autocast; fp32 out."""
+        with self.inference_ctx:
+            embeddings = super().encode_batch(wavs, wav_lens, normalize)
+        return embeddings.float()
