@@ -31,7 +31,7 @@ which is what the speeds follow.
 Usage::
 
     python benchmarks/cpu_vs_htsat.py --threads 1
-    python benchmarks/cpu_vs_htsat.py --threads 2 --precision fp32 bf16 --clips 24
+    python benchmarks/cpu_vs_htsat.py --precision fp32 bf16 --slap-attention blocked sdpa
 
 Authors
  * speechbrain-slap contributors 2026
@@ -138,6 +138,14 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-seconds", type=float, default=300.0, help="SLAP's batch budget")
     parser.add_argument("--htsat-batch", type=int, default=8, help="HTSAT windows per forward")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--slap-attention",
+        nargs="+",
+        default=["blocked"],
+        choices=["blocked", "sdpa"],
+        help="SLAP attention backends to time (blocked: what auto picks on the CPU; sdpa: "
+        "the padded reference it replaced)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -171,52 +179,54 @@ def main(argv=None) -> None:
         rows = []
         for precision in args.precision:
             slap.set_precision(precision)
+            runs = {}
+            for backend in args.slap_attention:
 
-            def run_slap():
-                embeddings, _, failed = slap.encode_files(paths)
-                assert not failed and embeddings.shape[0] == len(paths)
+                def run_slap(backend=backend):
+                    slap.mods.audio_encoder.attention_backend = backend
+                    embeddings, _, failed = slap.encode_files(paths)
+                    assert not failed and embeddings.shape[0] == len(paths)
+
+                runs[f"SLAP base, encode_files, {backend} attention"] = run_slap
 
             def run_htsat(precision=precision):
                 assert htsat.encode(precision).shape[0] == len(paths)
 
+            runs["HTSAT-tiny tower"] = run_htsat
             # The warm-up pass also counts the FLOPs of the matmuls (not those inside SDPA).
-            flops = {}
-            for name, run in (("slap", run_slap), ("htsat", run_htsat)):
+            for name, run in runs.items():
                 with FlopCounterMode(display=False) as counter:
                     run()
-                flops[name] = counter.get_total_flops()
-            print(
-                f"  {precision}: GFLOP per second of audio: SLAP "
-                f"{flops['slap'] / 1e9 / audio_seconds:.2f}, HTSAT "
-                f"{flops['htsat'] / 1e9 / audio_seconds:.2f} (its 10 s windows included)"
-            )
-            slap_times, htsat_times = [], []
-            for _ in range(args.repeats):
-                slap_times.append(timed(run_slap))
-                htsat_times.append(timed(run_htsat))
+                gflops = counter.get_total_flops() / 1e9 / audio_seconds
+                print(f"  {precision}, {name}: {gflops:.2f} matmul GFLOP per second of audio")
+            times = {name: [] for name in runs}
+            for _ in range(args.repeats):  # alternating, so load changes hit every model
+                for name, run in runs.items():
+                    times[name].append(timed(run))
                 print(
-                    f"  {precision}: SLAP {slap_times[-1]:.2f} s, HTSAT {htsat_times[-1]:.2f} s",
+                    f"  {precision}: "
+                    + ", ".join(f"{name} {t[-1]:.2f} s" for name, t in times.items()),
                     flush=True,
                 )
-            slap_s, htsat_s = statistics.median(slap_times), statistics.median(htsat_times)
-            ratios = [h / s for s, h in zip(slap_times, htsat_times, strict=True)]
-            rows.append((precision, slap_s, htsat_s, statistics.median(ratios)))
+            htsat_times = times.pop("HTSAT-tiny tower")
+            for name, slap_times in times.items():
+                ratios = [h / s for s, h in zip(slap_times, htsat_times, strict=True)]
+                rows.append(
+                    (precision, name, statistics.median(slap_times), statistics.median(ratios))
+                )
+            rows.append((precision, "HTSAT-tiny tower", statistics.median(htsat_times), None))
     print(f"load average after: {load_average()}")
     print()
     print(
-        "| precision | model | seconds | clips / s | audio s / s | SLAP / HTSAT speed "
+        "| precision | model | seconds | clips / s | audio s / s | speed / HTSAT's "
         "(median of per-round ratios) |"
     )
     print("|---|---|---|---|---|---|")
     n = len(durations)
-    for precision, slap_s, htsat_s, ratio in rows:
+    for precision, name, seconds, ratio in rows:
         print(
-            f"| {precision} | SLAP base, encode_files | {slap_s:.2f} | {n / slap_s:.2f} "
-            f"| {audio_seconds / slap_s:.1f} | {ratio:.2f}x |"
-        )
-        print(
-            f"| {precision} | HTSAT-tiny tower | {htsat_s:.2f} | {n / htsat_s:.2f} "
-            f"| {audio_seconds / htsat_s:.1f} | |"
+            f"| {precision} | {name} | {seconds:.2f} | {n / seconds:.2f} "
+            f"| {audio_seconds / seconds:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} |"
         )
 
 

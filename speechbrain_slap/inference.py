@@ -148,8 +148,6 @@ class SLAP(Pretrained):
 
     def __init__(self, *args, batch_seconds: float = 300.0, precision: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if not batch_seconds > 0:
-            raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
         self.batch_seconds = batch_seconds
         self.set_precision(self.precision if precision is None else precision)
         self.sample_rate = int(self.hparams.sample_rate)
