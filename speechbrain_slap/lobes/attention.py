@@ -213,7 +213,8 @@ class PackedAttention:
 
     It holds the layout (``cu_seqlens``, ``max_seqlen``, clip ids), the backend
     resolved for the compute dtype, and whatever that backend derives from the
-    layout (padded index and dense masks for ``sdpa``, BlockMasks for ``flex``),
+    layout (padded index and dense masks for ``sdpa``, blocks and band masks for
+    ``blocked``, BlockMasks for ``flex``),
     built once by ``prepare`` and shared by every block. ``varlen`` is traced
     into compiled blocks (with ``dynamic=True`` the changing ``max_seqlen`` is a
     symbolic int, so it does not recompile); the other backends run between
