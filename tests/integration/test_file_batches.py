@@ -14,6 +14,7 @@ import torch
 
 from speechbrain_slap import cli
 from speechbrain_slap.inference import SLAP
+from speechbrain_slap.precision import PRECISIONS
 
 RATE = 16000
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -146,7 +147,9 @@ def test_every_model_command_takes_precision(command, monkeypatch, capsys):
 
 
 def test_every_model_command_is_covered():
-    # The commands with --model are the ones the test above checks.
+    # The commands with --model are the ones the test above checks, and --precision
+    # offers the names speechbrain_slap.precision accepts (spelled out in cli.py).
+    assert cli.PRECISIONS == PRECISIONS
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     with_model = sorted(
