@@ -56,9 +56,9 @@ from speechbrain_slap.outputs import write_atomic
 # Parsing arguments and answering --help import nothing heavy: torch, SpeechBrain
 # and the model code are imported by the subcommand that needs them.
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# What ``slap index`` looks for (case-insensitive): the formats libsndfile decodes.
 # speechbrain_slap.precision.PRECISIONS, spelled out here so that --help imports no torch.
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What ``slap index`` looks for (case-insensitive): the formats libsndfile decodes.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
