@@ -2,8 +2,8 @@
 
 For each architecture (``speechbrain_slap/hparams/slap_tiny.yaml``, ``slap_base.yaml``)
 a model folder with random weights is built the way ``slap export`` builds one:
-the architecture yaml plus the text encoder, caption decoder and CLAP loss of
-``recipes/pretrain/hparams/pretrain_tiny_synth.yaml`` go through
+``recipes/pretrain/hparams/pretrain_tiny_synth.yaml`` with the architecture
+yaml's values (embedding width, depth, heads, ...) goes through
 ``speechbrain_slap.model_folder.inference_yaml``, every module's state dict is saved
 under its model-folder name, with a SentencePiece tokenizer, ``SHA256SUMS``
 and a README. The folder is then loaded with ``SLAP.from_hparams`` and
@@ -37,12 +37,12 @@ from pathlib import Path
 
 import soundfile
 import torch
-from hyperpyyaml import load_hyperpyyaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml import YAML
 
 from speechbrain_slap.data.synthetic import zero_shot_prompts
 from speechbrain_slap.demo import generated_clip
-from speechbrain_slap.hparams import architecture_file
+from speechbrain_slap.hparams import ARCHITECTURE_KEYS, architecture_file
 from speechbrain_slap.inference import SLAP
 from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
 from speechbrain_slap.model_folder import inference_yaml, write_checksums
@@ -50,9 +50,8 @@ from speechbrain_slap.model_folder.export import MODEL_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = {name: architecture_file(f"slap_{name}") for name in ("tiny", "base")}
-TEXT_SIDE_YAML = REPO / "recipes/pretrain/hparams/pretrain_tiny_synth.yaml"
-# Taken from the pretraining yaml when the architecture yaml lacks them.
-TEXT_SIDE_KEYS = ("text_encoder", "caption_decoder", "clap_loss", "max_caption_tokens")
+# The text encoder, caption decoder and CLAP loss come from the pretraining yaml.
+TRAINING_YAML = REPO / "recipes/pretrain/hparams/pretrain_tiny_synth.yaml"
 
 
 def build_model_folder(architecture_yaml: Path, folder: Path, seed: int = 0) -> Path:
@@ -82,18 +81,20 @@ def build_model_folder(architecture_yaml: Path, folder: Path, seed: int = 0) -> 
         csv.writer(fout).writerows([["ID", "caption"], *enumerate(zero_shot_prompts())])
     tokenizer = train_caption_tokenizer(captions, work / "tokenizer", model_type="char")
 
-    # The architecture yaml + the text side of the pretraining yaml = a training yaml.
+    # The pretraining yaml with the architecture's values: the yaml a recipe would save.
     yaml = YAML()
     with open(architecture_yaml) as fin:
-        tree = yaml.load(fin)
-    with open(TEXT_SIDE_YAML) as fin:
-        text_side = yaml.load(fin)
-    for key in TEXT_SIDE_KEYS:
-        tree.setdefault(key, text_side[key])
-    tree["vocab_size"] = tokenizer.sp.get_piece_size()
+        architecture = yaml.load(fin)
+    overrides = {key: architecture[key] for key in ARCHITECTURE_KEYS if key in architecture}
+    overrides.update(
+        vocab_size=tokenizer.sp.get_piece_size(),
+        data_folder=str(work),
+        output_folder=str(work / "output"),
+    )
+    with open(TRAINING_YAML) as fin:
+        resolved = resolve_references(fin, overrides)
     training_yaml = work / "training.yaml"
-    with open(training_yaml, "w") as fout:
-        yaml.dump(tree, fout)
+    training_yaml.write_text(resolved.getvalue())
 
     text = inference_yaml(training_yaml)
     (folder / "hyperparams.yaml").write_text(text)
@@ -105,7 +106,7 @@ def build_model_folder(architecture_yaml: Path, folder: Path, seed: int = 0) -> 
         names.append(f"{key}.ckpt")
     shutil.copyfile(tokenizer.prefix_model_file + ".model", folder / "tokenizer.ckpt")
     names.append("tokenizer.ckpt")
-    write_checksums(folder, names)
+    write_checksums(folder, [*names, "hyperparams.yaml"])
     (folder / "README.md").write_text(
         f"# SLAP model with random weights\n\nArchitecture `{architecture_yaml.name}`, "
         f"seed {seed}: for timing only (`benchmarks/encode_file_speed.py`).\n"

@@ -11,6 +11,9 @@ embed, classify, search and caption audio of any length and format::
     scores, best, index, labels = model.classify_file("clip.flac", ["dog", "rain"])
     caption = model.caption_file("clip.flac", beam_size=4)
 
+    # Many files: read and encoded in packed batches of about ``batch_seconds``.
+    embeddings, files, failed = model.encode_files(["a.wav", "b.flac", "c.mp3"])
+
 Audio is packed: no compute is spent on padding, and a clip gives the same
 embedding alone or inside any batch.
 
@@ -36,16 +39,24 @@ Authors
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from speechbrain.inference.interfaces import Pretrained
 
-from speechbrain_slap.data.audio import NonFiniteResultError, check_waveform, load_audio
+from speechbrain_slap.data.audio import (
+    AudioLoadError,
+    NonFiniteResultError,
+    check_waveform,
+    load_audio,
+)
+from speechbrain_slap.evaluation import process_files
 from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
 from speechbrain_slap.lobes.packing import PATCH_FRAMES, num_time_patches, unpack_tokens
 from speechbrain_slap.model_folder.loading import open_model_folder
+from speechbrain_slap.precision import check_precision, inference_context
 from speechbrain_slap.prompts import DEFAULT_TEMPLATE, check_templates, prompts_for
 
 logger = logging.getLogger(__name__)
@@ -98,6 +109,33 @@ def _as_tensor(value, name: str, expected: str) -> torch.Tensor:
         ) from None
 
 
+class FileResults(NamedTuple):
+    """What the ``*_files`` methods of ``SLAP`` return: results, their files, failures.
+
+    Arguments
+    ---------
+    output : Any
+        The results of the readable files, in input order: ``(N, D)``
+        embeddings, the ``classify_batch`` tuple, or a list of captions.
+    files : list of str
+        The file of each result (the inputs minus the unreadable ones).
+    failed : list of dict
+        ``{"file", "error"}`` of each unreadable file, in input order: the
+        ``failed`` list of the ``slap`` command's output.
+
+    Example
+    -------
+    >>> result = FileResults(torch.zeros(1, 4), ["a.wav"], [{"file": "b.wav", "error": "x"}])
+    >>> embeddings, files, failed = result
+    >>> embeddings.shape
+    torch.Size([1, 4])
+    """
+
+    output: Any
+    files: list[str]
+    failed: list[dict]
+
+
 class SLAP(Pretrained):
     """A SLAP model folder, ready to embed, classify, search and caption audio.
 
@@ -109,6 +147,12 @@ class SLAP(Pretrained):
     ---------
     *args, **kwargs
         As ``speechbrain.inference.interfaces.Pretrained``.
+    batch_seconds : float
+        Most seconds of audio encoded per forward (and read per batch by the
+        ``*_files`` methods): the memory bound.
+    precision : str, optional
+        ``fp32``, ``bf16`` or ``fp16`` (``speechbrain_slap.precision``); the
+        default is ``run_opts["precision"]``, itself ``fp32`` by default.
 
     Example
     -------
@@ -120,9 +164,10 @@ class SLAP(Pretrained):
     HPARAMS_NEEDED = ["sample_rate", "max_duration", "window_hop"]
     MODULES_NEEDED = ["compute_features", "audio_encoder", "audio_pooling", "text_encoder"]
 
-    def __init__(self, *args, batch_seconds: float = 300.0, **kwargs):
+    def __init__(self, *args, batch_seconds: float = 300.0, precision: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_seconds = batch_seconds
+        self.set_precision(self.precision if precision is None else precision)
         self.sample_rate = int(self.hparams.sample_rate)
         self.hop_samples = self.mods.compute_features.hop_samples
         longest = int(round(float(self.hparams.max_duration) * self.sample_rate))
@@ -192,6 +237,18 @@ class SLAP(Pretrained):
         model = super().from_hparams(source=str(folder), hparams_file=hparams_file, **kwargs)
         model.model_folder = folder  # where the files were read (a hub id's fetched folder)
         return model
+
+    def set_precision(self, precision: str) -> None:
+        """Runs the encoders and the decoder in ``precision`` from now on.
+
+        Arguments
+        ---------
+        precision : str
+            ``fp32`` (no autocast), ``bf16`` or ``fp16`` autocast; see
+            ``speechbrain_slap.precision``. Outputs stay fp32.
+        """
+        self.precision = check_precision(precision)
+        self.inference_ctx = inference_context(self.precision, self.device_type)
 
     # -- audio in ---------------------------------------------------------------------
     def load_audio(self, path, savedir=None) -> torch.Tensor:
@@ -312,6 +369,80 @@ class SLAP(Pretrained):
         """``(D,)`` L2-normalised embedding of an audio file (any length and format)."""
         return self.encode_waveforms([self.load_audio(path)])[0]
 
+    def process_files(self, paths: Sequence[str | Path], work, progress: bool = False):
+        """``work(waveforms)`` over files read in batches of ``batch_seconds``; the failures.
+
+        The reader of the ``slap`` command and the evaluators
+        (``speechbrain_slap.evaluation.process_files``): files are read in
+        order, grouped until the next would exceed ``batch_seconds`` of audio,
+        and each group goes to ``work`` (one packed forward). A file that
+        cannot be read (``AudioLoadError``: missing, undecodable, empty,
+        NaN/Inf samples) is left out, logged as a warning ``FILE: REASON``
+        and listed in ``failed``; the others keep their order.
+
+        Arguments
+        ---------
+        paths : sequence of str or Path
+            Audio files.
+        work : callable
+            ``work(waveforms)`` -> one result per waveform.
+        progress : bool
+            A tqdm progress bar on stderr.
+
+        Returns
+        -------
+        FileResults
+            ``output`` is the list of results.
+        """
+        if isinstance(paths, str | Path):
+            raise TypeError(f"paths must be a sequence of files, got the single path {paths!r}")
+        paths = list(paths)
+        failed = []
+
+        def report(_, error: AudioLoadError):
+            logger.warning("%s", error)
+            failed.append({"file": error.source, "error": error.reason})
+
+        results, read, _ = process_files(
+            self, paths, work, self.batch_seconds, progress=progress, on_skip=report
+        )
+        return FileResults(results, [str(paths[i]) for i in read], failed)
+
+    def encode_files(self, paths: Sequence[str | Path], progress: bool = False) -> FileResults:
+        """Embeddings of audio files, read and encoded in packed batches of ``batch_seconds``.
+
+        Each row equals ``encode_file`` of its file (CPU fp32, <= 1e-5): a clip
+        gets the same embedding alone or packed with others. Unreadable files
+        are reported as ``process_files`` says.
+
+        Arguments
+        ---------
+        paths : sequence of str or Path
+            Audio files (any format, rate, channel count and length).
+        progress : bool
+            A tqdm progress bar on stderr.
+
+        Returns
+        -------
+        FileResults
+            ``output``: ``(N, D)`` L2-normalised embeddings (CPU), one row per
+            readable file in input order (``(0, D)`` if none was readable);
+            ``files``: their files; ``failed``: ``{"file", "error"}`` of the others.
+
+        Example
+        -------
+        >>> embeddings, files, failed = model.encode_files(["a.wav", "b.wav"])  # doctest: +SKIP
+        >>> embeddings.shape  # doctest: +SKIP
+        torch.Size([2, 128])
+        """
+        rows, files, failed = self.process_files(
+            paths, lambda waves: list(self.encode_waveforms(waves)), progress
+        )
+        # MAPooling's output width is its probe's.
+        dim = self.mods.audio_pooling.probe.numel()
+        embeddings = torch.stack(rows) if rows else torch.zeros(0, dim)
+        return FileResults(embeddings, files, failed)
+
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str] | str, batch_size: int = 256) -> torch.Tensor:
         """``(N, D)`` L2-normalised text embeddings (CPU).
@@ -419,6 +550,41 @@ class SLAP(Pretrained):
         audio = self.encode_file(path).unsqueeze(0)
         return self._classify(audio, labels, templates)
 
+    def classify_files(
+        self,
+        paths: Sequence[str | Path],
+        labels: Sequence[str],
+        templates: Sequence[str] | str = DEFAULT_TEMPLATE,
+        progress: bool = False,
+    ) -> FileResults:
+        """Zero-shot classification of audio files, read and encoded as ``encode_files`` does.
+
+        Arguments
+        ---------
+        paths : sequence of str or Path
+            Audio files.
+        labels : sequence of str
+            Class names.
+        templates : str or sequence of str
+            Prompt template(s) with ``{label}``.
+        progress : bool
+            A tqdm progress bar on stderr.
+
+        Returns
+        -------
+        FileResults
+            ``output``: ``(scores, best, index, text_labels)`` as
+            ``classify_batch`` returns them, one row per readable file in
+            input order (row ``i`` equals ``classify_file`` of ``files[i]``);
+            ``files`` and ``failed`` as for ``encode_files``.
+        """
+        classes = self.label_embeddings(labels, templates)
+        embeddings, files, failed = self.encode_files(paths, progress)
+        scores = self.scores_from_embeddings(embeddings, classes)
+        best, index = scores.max(dim=-1)
+        text_labels = [list(labels)[i] for i in index.tolist()]
+        return FileResults((scores, best, index, text_labels), files, failed)
+
     def _classify(self, audio, labels, templates):
         scores = self.scores_from_embeddings(audio, self.label_embeddings(labels, templates))
         best, index = scores.max(dim=-1)
@@ -525,6 +691,37 @@ class SLAP(Pretrained):
     def caption_file(self, path, beam_size: int = 4, max_length=None) -> str:
         """Caption of one audio file."""
         return self.caption_waveforms([self.load_audio(path)], beam_size, max_length)[0]
+
+    def caption_files(
+        self,
+        paths: Sequence[str | Path],
+        beam_size: int = 4,
+        max_length: int | None = None,
+        progress: bool = False,
+    ) -> FileResults:
+        """Captions of audio files, read and encoded in packed batches of ``batch_seconds``.
+
+        Arguments
+        ---------
+        paths : sequence of str or Path
+            Audio files.
+        beam_size : int
+            Beams per clip (1 is greedy).
+        max_length : int, optional
+            Most caption tokens.
+        progress : bool
+            A tqdm progress bar on stderr.
+
+        Returns
+        -------
+        FileResults
+            ``output``: one caption per readable file in input order (each
+            that of ``caption_file``); ``files`` and ``failed`` as for
+            ``encode_files``.
+        """
+        return self.process_files(
+            paths, lambda waves: self.caption_waveforms(waves, beam_size, max_length), progress
+        )
 
     # -- frame features ------------------------------------------------------------------------
     @torch.no_grad()

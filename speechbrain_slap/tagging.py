@@ -36,9 +36,10 @@ held-out split is only monitored). The test stage writes
 The recipes export the trained model with
 ``speechbrain_slap.model_folder.export_tagging_model``, a folder that
 SpeechBrain's stock ``speechbrain.inference.classifiers.EncoderClassifier.from_hparams``
-loads. ``TaggingClassifier.from_hparams`` loads it the same way after the
+loads. ``TaggingClassifier``, its subclass, loads it the same way after the
 checks every model folder gets (``SHA256SUMS``, the yaml's allow-list), from a
-local folder or a Hugging Face hub id.
+local folder or a Hugging Face hub id, and adds a ``precision`` (``bf16``
+autocast on CPUs and GPUs).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -59,6 +60,7 @@ from speechbrain_slap.lobes.features import pad_to_hop
 from speechbrain_slap.lobes.packing import checked_lengths, frames_from_relative_lengths
 from speechbrain_slap.metrics import accuracy, macro_average_precision
 from speechbrain_slap.outputs import write_json
+from speechbrain_slap.precision import check_precision, inference_context
 
 logger = logging.getLogger(__name__)
 
@@ -491,17 +493,45 @@ def tagging_datasets(
 
 
 class TaggingClassifier(EncoderClassifier):
-    """SpeechBrain's ``EncoderClassifier`` for a tagging folder, its files checked first.
+    """SpeechBrain's ``EncoderClassifier`` for a tagging folder: files checked, a precision.
 
-    ``classify_file``, ``classify_batch`` and ``encode_batch`` are
-    ``EncoderClassifier``'s; only loading differs (``from_hparams``).
+    ``from_hparams`` checks the folder (or fetches a hub id) first. The stock
+    ``EncoderClassifier`` always computes in fp32 (it does not apply
+    ``run_opts["precision"]``); this subclass runs the features, the SLAP
+    encoder and the pooling under the autocast of ``precision``
+    (``speechbrain_slap.precision``); the embedding is returned in fp32 and the
+    classifier head runs in fp32. With ``fp32`` it computes as the stock class.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As ``EncoderClassifier`` (build it with ``from_hparams``).
+    precision : str, optional
+        ``fp32``, ``bf16`` or ``fp16``; the default is ``run_opts["precision"]``
+        (``fp32`` unless set).
 
     Example
     -------
     >>> model = TaggingClassifier.from_hparams(source="org/slap-esc50")  # doctest: +SKIP
     >>> model.classify_file("clip.wav")[3]  # doctest: +SKIP
     ['dog']
+    >>> tagger = TaggingClassifier.from_hparams(source="tagger", precision="bf16")  # doctest: +SKIP
     """
+
+    def __init__(self, *args, precision: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_precision(self.precision if precision is None else precision)
+
+    def set_precision(self, precision: str) -> None:
+        """Runs the embedding model in ``precision`` from now on (``fp32``, ``bf16``, ``fp16``)."""
+        self.precision = check_precision(precision)
+        self.inference_ctx = inference_context(self.precision, self.device_type)
+
+    def encode_batch(self, wavs, wav_lens=None, normalize=False):
+        """``EncoderClassifier.encode_batch`` under the precision's autocast; fp32 out."""
+        with self.inference_ctx:
+            embeddings = super().encode_batch(wavs, wav_lens, normalize)
+        return embeddings.float()
 
     @classmethod
     def from_hparams(

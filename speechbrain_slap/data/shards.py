@@ -10,7 +10,8 @@ only, and rows are checked as for training) into::
     ...
     <out_dir>/shards.json               the index: config, shards, skipped rows
 
-Each sample is a pair of members sharing a ``key`` (the row's position in the
+Shards are written with ``webdataset.TarWriter``. Each sample is a pair of
+members sharing a ``key`` (the row's position in the
 manifest, 9 digits: unique and free of dots, which WebDataset reserves for
 extensions):
 
@@ -242,12 +243,18 @@ def duration_bins(durations: Sequence[float]) -> dict[str, list]:
     return {str(b): [bins[b][0], round(bins[b][1], 3)] for b in sorted(bins)}
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o444
-    info.mtime = 0  # identical input gives byte-identical shards
-    tar.addfile(info, io.BytesIO(data))
+def _shard_writer(path: Path):
+    """A ``webdataset.TarWriter`` of plain tar members: read-only, no owner, time 0.
+
+    ``mtime=0`` makes identical input give byte-identical shards (a rerun and
+    the parallel writer are compared byte for byte).
+    """
+    # Imported here: webdataset imports torch, and `slap shards --help` must not.
+    import webdataset
+
+    return webdataset.TarWriter(
+        str(path), encoder=False, user="", group="", mode=0o444, mtime=0, format="PAX_FORMAT"
+    )
 
 
 def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float]:
@@ -298,7 +305,7 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     skipped, durations = [], []
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+    with _shard_writer(tmp) as sink:
         for index, row in rows:
             key = sample_key(index)
             try:
@@ -307,8 +314,11 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
                 reason = f"{type(err).__name__}: {err}"
                 skipped.append({"id": row["ID"], "wav": row["wav"], "reason": reason})
                 continue
-            _add_member(tar, f"{key}.json", meta)
-            _add_member(tar, f"{key}.flac", flac)
+            # TarWriter writes a sample's members in sorted order (flac, json); two
+            # writes with one key put the JSON first, so readers see the duration
+            # before the audio. Consecutive members with one key are one sample.
+            sink.write({"__key__": key, "json": meta})
+            sink.write({"__key__": key, "flac": flac})
             durations.append(duration)
     os.replace(tmp, path)
     return _shard_stats(path, durations, skipped)
@@ -317,7 +327,8 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
 def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dict:
     """The statistics of an existing complete shard, as ``write_shard`` returns them.
 
-    Only the JSON members are read (audio members are skipped by seeking).
+    Only the JSON members are read (audio members are skipped by seeking, which
+    ``tarfile`` does on a local file; WebDataset's iterators read every member).
     Planned rows absent from the shard were skipped when it was written.
 
     Example

@@ -70,6 +70,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from speechbrain_slap.data import batching
 from speechbrain_slap.data.audio import decode_audio
@@ -263,7 +264,14 @@ def _finish_sample(shard: str, key: str, members: dict, on_skip: SkipCallback):
 
 
 def read_shard(path: str, on_skip: SkipCallback) -> Iterator[StreamSample]:
-    """Samples of one shard in tar order; members are grouped by key.
+    """Samples of one shard in tar order, members grouped by key (WebDataset's tar iterators).
+
+    Only WebDataset's member iteration and grouping are used, not its
+    ``WebDataset`` pipeline: exact intra-epoch resume needs the order of
+    shards, the shuffle buffer and the packing to be a function of ``(seed,
+    epoch, rank, worker)`` that ``ShardStream`` replays batch for batch, and
+    every unusable sample to be named and counted (``on_skip``) rather than
+    dropped by an exception handler.
 
     Arguments
     ---------
@@ -283,26 +291,19 @@ def read_shard(path: str, on_skip: SkipCallback) -> Iterator[StreamSample]:
     >>> [(s.name, s.meta["source_id"]) for s in read_shard(str(folder / "s.tar"), print)]
     [('s.tar/000000000', 'a')]
     """
-    key, members, count = None, {}, 0
+    count = 0
     try:
-        with tarfile.open(path, "r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, _, extension = os.path.basename(member.name).partition(".")
-                if member_key != key:
-                    if key is not None:
-                        sample = _finish_sample(path, key, members, on_skip)
-                        if sample is not None:
-                            count += 1
-                            yield sample
-                    key, members = member_key, {}
-                members[extension] = tar.extractfile(member).read()
-        if key is not None:
-            sample = _finish_sample(path, key, members, on_skip)
-            if sample is not None:
-                yield sample
-    except (OSError, EOFError, tarfile.TarError) as err:
+        with open(path, "rb") as stream:
+            files = ({**f, "__url__": path} for f in tar_file_iterator(stream))
+            for members in group_by_keys(files):
+                key = os.path.basename(members.pop("__key__"))
+                members.pop("__url__")
+                sample = _finish_sample(path, key, members, on_skip)
+                if sample is not None:
+                    count += 1
+                    yield sample
+    # ValueError: group_by_keys met a member name twice in one sample.
+    except (OSError, EOFError, tarfile.TarError, ValueError) as err:
         on_skip(os.path.basename(path), f"unreadable shard after {count} samples: {err}")
 
 

@@ -14,7 +14,14 @@ Backends, all computing that same mask:
 ``flex``       FlexAttention with a BlockMask built from the rule
 ``sdpa``       exact reference on any device: padded per-clip SDPA with the
                dense mask built from the rule
-``auto``       ``varlen`` for fp16/bf16 CUDA tensors, else ``sdpa``
+``blocked``    exact, for CPUs: no padding to the longest clip. Global
+               blocks run SDPA per group of equal-length clips, unmasked;
+               local blocks cut each clip into blocks of ``window`` tokens
+               and attend each block to itself and its two neighbours
+               (``3 x window`` keys, masked by the rule) instead of to
+               the whole clip
+``auto``       ``varlen`` for fp16/bf16 CUDA tensors, ``blocked`` on the
+               CPU, else ``sdpa``
 =============  =========================================================
 
 ``PaddedAttention`` is the baseline that pads instead of packing
@@ -39,7 +46,7 @@ except ImportError:  # pragma: no cover - older torch
 
 # +-12 time patches x 4 frequency bands (a 24-patch window).
 LOCAL_WINDOW = 48
-BACKENDS = ("auto", "varlen", "flash_attn", "flex", "sdpa")
+BACKENDS = ("auto", "varlen", "flash_attn", "flex", "sdpa", "blocked")
 
 
 def attention_allowed(clip_q, clip_k, index_q, index_k, window: int | None):
@@ -169,7 +176,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
     Example
     -------
     >>> resolve_backend("auto", torch.device("cpu"), torch.float32)
-    'sdpa'
+    'blocked'
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; expected one of {BACKENDS}")
@@ -179,7 +186,8 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
             return "varlen"
         if device.type == "cuda" and half and flash_attn_available():
             return "flash_attn"
-        return "sdpa"
+        # On a CPU, padded work costs its full price: skip it.
+        return "blocked" if device.type == "cpu" else "sdpa"
     if name in ("varlen", "flash_attn") and (device.type != "cuda" or not half):
         raise ValueError(
             f"attention backend {name!r} needs fp16/bf16 CUDA tensors, got {dtype} on "
@@ -205,7 +213,8 @@ class PackedAttention:
 
     It holds the layout (``cu_seqlens``, ``max_seqlen``, clip ids), the backend
     resolved for the compute dtype, and whatever that backend derives from the
-    layout (padded index and dense masks for ``sdpa``, BlockMasks for ``flex``),
+    layout (padded index and dense masks for ``sdpa``, blocks and band masks for
+    ``blocked``, BlockMasks for ``flex``),
     built once by ``prepare`` and shared by every block. ``varlen`` is traced
     into compiled blocks (with ``dynamic=True`` the changing ``max_seqlen`` is a
     symbolic int, so it does not recompile); the other backends run between
@@ -254,6 +263,8 @@ class PackedAttention:
         for window in windows:
             if self.backend == "sdpa":
                 self._sdpa_mask(window)
+            elif self.backend == "blocked" and window is not None:
+                self._band_layout(window)
             elif self.backend == "flex":
                 self._flex_mask(window)
         return self
@@ -359,6 +370,82 @@ class PackedAttention:
             scale=1.0 / math.sqrt(head_dim),
         )
         return out.transpose(1, 2)[clip, local]
+
+    def _length_groups(self):
+        """``[(length, clip indices)]``: the clips grouped by token count."""
+        if "groups" not in self._cache:
+            seqlens = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+            groups = {}
+            for clip, length in enumerate(seqlens):
+                groups.setdefault(length, []).append(clip)
+            self._cache["groups"] = sorted(groups.items())
+        return self._cache["groups"]
+
+    def _band_layout(self, window):
+        """Blocks of ``window`` tokens of every clip, their keys and the band mask.
+
+        Returns ``(queries, keys, mask, real)``: ``(K, window)`` and ``(K, 3 *
+        window)`` token indices of each block and of its keys (the block and
+        its two neighbours in the clip; ``-1`` past a clip's end), the ``(K,
+        1, window, 3 * window)`` mask from the rule, and which of the
+        flattened query slots hold a token (they come in token order).
+        """
+        key = ("band", window)
+        if key not in self._cache:
+            device = self.cu_seqlens.device
+            seqlens = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
+            blocks = (seqlens + window - 1) // window  # per clip, >= 1
+            first = torch.cumsum(blocks, 0) - blocks  # first block of each clip
+            clip = torch.repeat_interleave(torch.arange(blocks.numel(), device=device), blocks)
+            in_clip = torch.arange(clip.numel(), device=device) - first[clip]  # block number
+            offset = torch.arange(window, device=device)
+            position = in_clip[:, None] * window + offset[None, :]  # (K, window) within clip
+            real = position < seqlens[clip][:, None]
+            queries = torch.where(real, self.cu_seqlens[:-1].long()[clip][:, None] + position, -1)
+            # Keys: blocks b - 1, b, b + 1 of the same clip (none before the first).
+            padding = torch.full((1, window), -1, dtype=queries.dtype, device=device)
+            padded = torch.cat([padding, queries, padding])  # block k is row k + 1
+            previous = torch.where(in_clip > 0, torch.arange(clip.numel(), device=device), 0)
+            following = torch.arange(clip.numel(), device=device) + 2
+            last = in_clip == blocks[clip] - 1
+            following = torch.where(last, 0, following)
+            keys = torch.cat([padded[previous], queries, padded[following]], dim=1)
+            # The rule on these pairs; non-tokens get clip -1 and one far position, so
+            # a padded query attends to padded keys (its softmax stays finite, unused).
+            clip_q = torch.where(queries >= 0, clip[:, None], -1)
+            clip_k = torch.where(keys >= 0, clip[:, None], -1)
+            far = -(10**9)
+            local = positions_in_clip(self.cu_seqlens, self.clip_id)
+            pos_q = torch.where(queries >= 0, local[queries.clamp(min=0)], far)
+            pos_k = torch.where(keys >= 0, local[keys.clamp(min=0)], far)
+            mask = attention_allowed(
+                clip_q[:, :, None], clip_k[:, None, :], pos_q[:, :, None], pos_k[:, None, :], window
+            )
+            self._cache[key] = (queries, keys, mask[:, None], real.flatten())
+        return self._cache[key]
+
+    def _blocked(self, q, k, v, window):
+        heads, head_dim = q.shape[1:]
+        scale = 1.0 / math.sqrt(head_dim)
+        if window is None:
+            out = torch.empty_like(q)
+            starts = self.cu_seqlens[:-1].long()
+            for length, clips in self._length_groups():
+                rows = (starts[clips][:, None] + torch.arange(length, device=q.device)).flatten()
+                shape = (len(clips), length, heads, head_dim)
+                group = torch.nn.functional.scaled_dot_product_attention(
+                    *(x[rows].view(shape).transpose(1, 2) for x in (q, k, v)), scale=scale
+                )
+                out[rows] = group.transpose(1, 2).reshape(-1, heads, head_dim)
+            return out
+        queries, keys, mask, real = self._band_layout(window)
+        zero = q.new_zeros(1, heads, head_dim)
+        # (K, heads, n, head_dim) per block; index -1 reads the zero row.
+        q, k, v = (
+            torch.cat([x, zero])[i].transpose(1, 2) for x, i in ((q, queries), (k, keys), (v, keys))
+        )
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return out.transpose(1, 2).reshape(-1, heads, head_dim)[real]
 
 
 class PaddedAttention:

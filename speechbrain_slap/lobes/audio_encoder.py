@@ -142,7 +142,8 @@ class SLAPAudioEncoder(nn.Module):
     local_attention : bool
         False makes every block global (the paper's "w/o local attn" ablation).
     attention_backend : str
-        ``auto``, ``varlen``, ``flash_attn``, ``flex`` or ``sdpa``.
+        ``auto``, ``varlen``, ``flash_attn``, ``flex``, ``sdpa`` or ``blocked``
+        (``lobes.attention.BACKENDS``).
     rope_base : float
         RoPE frequency base.
     norm_eps : float

@@ -110,6 +110,28 @@ def test_sdpa_matches_manual_reference(seqlens, window):
     )
 
 
+@pytest.mark.parametrize(
+    "seqlens, window",
+    [*BACKEND_CASES, ([48, 49, 96, 97, 1], LOCAL_WINDOW), ([7, 7, 30, 7], 2), ([1], None)],
+)
+def test_blocked_matches_manual_reference_forward_and_backward(seqlens, window):
+    """The CPU blocked backend equals the hand reference, gradients included.
+
+    Cases cover clips of exactly one or two blocks, one token past a block,
+    repeated lengths (grouped in global blocks) and a band narrower than the clip.
+    """
+    n, heads, head_dim = sum(seqlens), 3, 16
+    q, k, v = (x.requires_grad_() for x in torch.randn(3, n, heads, head_dim).unbind(0))
+    out = PackedAttention(cu_seqlens_of(seqlens), max(seqlens), "blocked")(q, k, v, window)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    expected = reference_attention(q, k, v, seqlens, window)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), dout)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
 def test_sdpa_window_changes_result():
     """A local window gives a different output than global attention on long clips."""
     q, k, v = torch.randn(3, 40, 2, 8).unbind(0)
@@ -130,10 +152,10 @@ def test_flex_forward_matches_sdpa_cpu(seqlens, window):
 
 
 def test_resolve_backend_cpu():
-    """auto is sdpa on CPU fp32; sdpa/flex pass through."""
+    """auto is blocked on the CPU (fp32 and bf16); sdpa/flex pass through."""
     cpu = torch.device("cpu")
-    assert resolve_backend("auto", cpu, torch.float32) == "sdpa"
-    assert resolve_backend("auto", cpu, torch.bfloat16) == "sdpa"
+    assert resolve_backend("auto", cpu, torch.float32) == "blocked"
+    assert resolve_backend("auto", cpu, torch.bfloat16) == "blocked"
     assert resolve_backend("sdpa", cpu, torch.float32) == "sdpa"
     assert resolve_backend("flex", cpu, torch.float32) == "flex"
 
@@ -155,10 +177,10 @@ def test_unknown_backend_raises():
 
 
 def test_packed_attention_resolves_backend_from_dtype():
-    """A dtype at construction resolves auto (sdpa on CPU) and prepare builds its masks."""
+    """A dtype at construction resolves auto (blocked on CPU) and prepare builds its masks."""
     cu = cu_seqlens_of([3, 2])
     attend = PackedAttention(cu, 3, "auto", dtype=torch.float32).prepare([None, 1])
-    assert attend.backend == "sdpa"
+    assert attend.backend == "blocked"
     q, k, v = torch.randn(3, 5, 2, 8).unbind(0)
     torch.testing.assert_close(
         attend(q, k, v, 1), reference_attention(q, k, v, [3, 2], 1), atol=1e-5, rtol=1e-5

@@ -284,3 +284,44 @@ def test_bad_rows_and_nonfinite_audio_are_skipped_not_fatal(corpus, tmp_path):
     samples = _samples(tmp_path / "out")
     assert samples["dollar"][0]["captions"] == ["Coins worth $5 drop."]
     assert index["num_samples"] == N_TRAIN + 1
+
+
+def test_shards_written_by_webdataset_are_plain_tar_files(tmp_path):
+    """The ``webdataset.TarWriter`` shard is, byte for byte, the tar of the documented format."""
+    from speechbrain_slap.data.shards import write_shard
+
+    rows = []
+    for i, seconds in enumerate([0.5, 1.25]):
+        wav = tmp_path / f"clip{i}.wav"
+        audio = (np.random.default_rng(i).standard_normal(int(seconds * 16000)) * 3000).astype(
+            "int16"
+        )
+        soundfile.write(wav, audio, 16000)
+        rows.append(
+            (40 + i, {"ID": f"c{i}", "duration": seconds, "wav": str(wav), "captions": "A."})
+        )
+    write_shard(tmp_path / "s.tar", rows, 16000)
+
+    # Read back with the standard library alone: plain regular members, JSON then FLAC.
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        infos = tar.getmembers()
+        data = {m.name: tar.extractfile(m).read() for m in infos}
+    assert [m.name for m in infos] == [
+        "000000040.json", "000000040.flac", "000000041.json", "000000041.flac"
+    ]  # fmt: skip
+    assert all(m.isreg() and m.mode == 0o444 and m.mtime == 0 for m in infos)
+    for (_, row), key in zip(rows, ["000000040", "000000041"], strict=True):
+        meta = json.loads(data[f"{key}.json"])
+        assert meta["source_id"] == row["ID"] and meta["duration"] == row["duration"]
+        audio, rate = soundfile.read(io.BytesIO(data[f"{key}.flac"]), dtype="int16")
+        expected, _ = soundfile.read(row["wav"], dtype="int16")
+        assert rate == 16000 and np.array_equal(audio, expected)
+
+    # The same members written with tarfile directly give the same bytes.
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, payload in data.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(payload), 0o444, 0
+            tar.addfile(info, io.BytesIO(payload))
+    assert (tmp_path / "s.tar").read_bytes() == reference.getvalue()
