@@ -15,6 +15,7 @@ Authors
 import importlib
 import inspect
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -336,6 +337,7 @@ def path_escapes(yaml_file: str | Path) -> list[str]:
 
     yaml_file = Path(yaml_file)
     folder = yaml_file.parent.resolve()
+    folders = {folder, Path(os.path.abspath(yaml_file.parent))}
     with open(yaml_file, encoding="utf-8") as fin:
         resolved = resolve_references(fin, folder_overrides(yaml_file)).getvalue()
     found = []
@@ -347,8 +349,11 @@ def path_escapes(yaml_file: str | Path) -> list[str]:
         # a relative value with a separator that exists here is read from the current folder
         if not absolute and not (re.search(r"[/\\]", value) and Path(value).exists()):
             return False
-        path = Path(value).resolve()
-        return path != folder and folder not in path.parents
+        # Lexically, not through symlinks: a folder fetched into a savedir (or a
+        # copy whose files link elsewhere) reads linked files, and SHA256SUMS
+        # checks their content wherever the link points.
+        path = Path(os.path.abspath(value))
+        return not any(path == f or f in path.parents for f in folders)
 
     def walk(node, key):
         if isinstance(node, str):

@@ -211,6 +211,21 @@ def test_paths_inside_the_folder_and_hub_ids_pass(tmp_path, slap_model_folder):
     assert folder_overrides(path) == {"model_folder": str(folder.resolve())}
 
 
+def test_linked_files_inside_the_folder_pass(tmp_path):
+    """A folder path that is a symlink (a savedir of hub links, a copy linking its weights)
+    is inside the folder: containment is lexical, SHA256SUMS checks what the links hold."""
+    elsewhere = tmp_path / "elsewhere" / "text_encoder"
+    elsewhere.mkdir(parents=True)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "text_encoder").symlink_to(elsewhere, target_is_directory=True)
+    path = folder / "hyperparams.yaml"
+    path.write_text("model_folder: !PLACEHOLDER\ntext_source: !ref <model_folder>/text_encoder\n")
+    assert path_escapes(path) == []
+    path.write_text(f"text_source: {elsewhere}\n")  # the link's target, named directly
+    assert path_escapes(path) == [f"text_source: '{elsewhere}'"]
+
+
 def test_relative_paths_that_exist_here_are_outside_the_folder(tmp_path, monkeypatch):
     """``org/name`` is a hub id, unless a folder of that name is in the current directory:
     then transformers would read that folder, which SHA256SUMS does not cover."""
