@@ -55,7 +55,7 @@ from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
 from speechbrain_slap.lobes.packing import PATCH_FRAMES, num_time_patches, unpack_tokens
-from speechbrain_slap.model_folder.loading import open_model_folder
+from speechbrain_slap.model_folder.loading import CheckedFolderLoading
 from speechbrain_slap.precision import check_precision, inference_context
 from speechbrain_slap.prompts import DEFAULT_TEMPLATE, check_templates, prompts_for
 
@@ -136,7 +136,7 @@ class FileResults(NamedTuple):
     failed: list[dict]
 
 
-class SLAP(Pretrained):
+class SLAP(CheckedFolderLoading, Pretrained):
     """A SLAP model folder, ready to embed, classify, search and caption audio.
 
     Build it with ``SLAP.from_hparams(source=FOLDER, run_opts=...)`` or, for a model
@@ -178,65 +178,6 @@ class SLAP(Pretrained):
         self.hop = min(hop, self.window)
         window_starts(self.window + 1, self.window, self.hop)  # validates the hop
         self.frame_seconds = PATCH_FRAMES * self.hop_samples / self.sample_rate
-
-    @classmethod
-    def from_hparams(
-        cls,
-        source,
-        hparams_file="hyperparams.yaml",
-        verify=True,
-        trust_remote_code=False,
-        savedir=None,
-        **kwargs,
-    ):
-        """Loads a model folder or hub model, after checking its files and its yaml.
-
-        ``hyperparams.yaml`` is executable configuration: unless
-        ``trust_remote_code``, a yaml that builds or calls anything outside
-        ``speechbrain_slap.model_folder.ALLOWED_YAML_TARGETS``, or points outside
-        its folder, is refused before it is loaded.
-
-        Arguments
-        ---------
-        source : str or Path
-            The model folder, or a Hugging Face hub id ``org/name`` whose files
-            are fetched with SpeechBrain's fetching (``SHA256SUMS`` first) and
-            checked (``speechbrain_slap.model_folder.fetch_model_folder``).
-        hparams_file : str
-            The yaml inside it.
-        verify : bool
-            Check the files of a local folder against ``SHA256SUMS`` (a folder
-            must have one) before anything is loaded; a hub model's files are
-            always checked.
-        trust_remote_code : bool
-            Load a yaml that uses code outside the allow-list.
-        savedir : str or Path, optional
-            Where a hub model's files are collected (links into the Hugging
-            Face cache); default: the cache itself. A local folder is read in
-            place, so the files loaded are the files just verified.
-        **kwargs
-            ``run_opts``, ``overrides``, ``batch_seconds``... as for
-            ``Pretrained``; ``fetch_config`` (SpeechBrain's ``FetchConfig``:
-            revision, token) and ``huggingface_cache_dir`` for a hub id.
-
-        Returns
-        -------
-        SLAP
-            With ``model_folder``: the local folder its files were read from.
-        """
-        folder, kwargs["overrides"] = open_model_folder(
-            source,
-            hparams_file,
-            verify,
-            trust_remote_code,
-            savedir,
-            kwargs.pop("fetch_config", None),
-            kwargs.pop("huggingface_cache_dir", None),
-            kwargs.get("overrides"),
-        )
-        model = super().from_hparams(source=str(folder), hparams_file=hparams_file, **kwargs)
-        model.model_folder = folder  # where the files were read (a hub id's fetched folder)
-        return model
 
     def set_precision(self, precision: str) -> None:
         """Runs the encoders and the decoder in ``precision`` from now on.

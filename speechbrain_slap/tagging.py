@@ -59,6 +59,7 @@ from speechbrain_slap.data.audio import load_audio
 from speechbrain_slap.lobes.features import pad_to_hop
 from speechbrain_slap.lobes.packing import checked_lengths, frames_from_relative_lengths
 from speechbrain_slap.metrics import accuracy, macro_average_precision
+from speechbrain_slap.model_folder.loading import CheckedFolderLoading
 from speechbrain_slap.outputs import write_json
 from speechbrain_slap.precision import check_precision, inference_context
 
@@ -492,7 +493,7 @@ def tagging_datasets(
     return datasets
 
 
-class TaggingClassifier(EncoderClassifier):
+class TaggingClassifier(CheckedFolderLoading, EncoderClassifier):
     """SpeechBrain's ``EncoderClassifier`` for a tagging folder: files checked, a precision.
 
     ``from_hparams`` checks the folder (or fetches a hub id) first. The stock
@@ -532,58 +533,6 @@ class TaggingClassifier(EncoderClassifier):
         with self.inference_ctx:
             embeddings = super().encode_batch(wavs, wav_lens, normalize)
         return embeddings.float()
-
-    @classmethod
-    def from_hparams(
-        cls,
-        source,
-        hparams_file="hyperparams.yaml",
-        verify=True,
-        trust_remote_code=False,
-        savedir=None,
-        **kwargs,
-    ):
-        """Loads a tagging folder or hub model after checking its files and its yaml.
-
-        As ``speechbrain_slap.inference.SLAP.from_hparams``: a local folder is
-        read in place after ``check_model_folder`` (``SHA256SUMS`` covering every
-        file, the yaml's allow-list); a Hugging Face hub id ``org/name`` is
-        fetched with SpeechBrain's fetching into ``savedir`` (or the Hugging
-        Face cache) and checked the same way before anything loads.
-
-        Arguments
-        ---------
-        source : str or Path
-            The folder written by ``export_tagging_model``, or a hub id.
-        hparams_file : str
-            The yaml inside it.
-        verify : bool
-            Check a local folder's ``SHA256SUMS`` (a hub model's always is).
-        trust_remote_code : bool
-            Load a yaml that uses code outside the allow-list.
-        savedir : str or Path, optional
-            Where a hub model's files are collected.
-        **kwargs
-            ``run_opts``, ``overrides``... as for ``EncoderClassifier``;
-            ``fetch_config`` and ``huggingface_cache_dir`` for a hub id.
-
-        Returns
-        -------
-        TaggingClassifier
-        """
-        from speechbrain_slap.model_folder.loading import open_model_folder
-
-        folder, kwargs["overrides"] = open_model_folder(
-            source,
-            hparams_file,
-            verify,
-            trust_remote_code,
-            savedir,
-            kwargs.pop("fetch_config", None),
-            kwargs.pop("huggingface_cache_dir", None),
-            kwargs.get("overrides"),
-        )
-        return super().from_hparams(source=str(folder), hparams_file=hparams_file, **kwargs)
 
 
 def finetune_tagging(

@@ -261,10 +261,8 @@ def open_model_folder(
     verify: bool = True,
     trust_remote_code: bool = False,
     savedir: str | Path | None = None,
-    fetch_config=None,
-    huggingface_cache_dir: str | Path | None = None,
-    overrides=None,
-) -> tuple[Path, dict]:
+    kwargs: dict | None = None,
+) -> Path:
     """What an interface's ``from_hparams`` does before SpeechBrain loads: fetch, check, point.
 
     ``model_folder`` (a hub id is fetched and checked), ``check_model_folder``
@@ -283,22 +281,84 @@ def open_model_folder(
         Skip the yaml's allow-list and path checks.
     savedir : str or Path, optional
         Where a hub model's files are collected.
-    fetch_config : speechbrain.utils.fetching.FetchConfig, optional
-        For a hub id.
-    huggingface_cache_dir : str or Path, optional
-        For a hub id.
-    overrides : dict or str, optional
-        The caller's yaml overrides.
+    kwargs : dict, optional
+        The interface's other ``from_hparams`` keyword arguments, updated in
+        place: ``fetch_config`` (SpeechBrain's ``FetchConfig``) and
+        ``huggingface_cache_dir`` are taken out (for a hub id), and
+        ``overrides`` (the caller's) gets the folder's path.
 
     Returns
     -------
-    tuple
-        ``(folder, overrides)``: load ``folder`` in place with ``overrides``.
+    Path
+        The folder to load in place with ``kwargs``.
     """
+    kwargs = {} if kwargs is None else kwargs
+    fetch_config = kwargs.pop("fetch_config", None)
+    cache_dir = kwargs.pop("huggingface_cache_dir", None)
     fetched = is_hub_id(source)  # then fetch_model_folder has checked every file
-    folder = model_folder(source, savedir, hparams_file, fetch_config, huggingface_cache_dir)
+    folder = model_folder(source, savedir, hparams_file, fetch_config, cache_dir)
     check_model_folder(folder, hparams_file, trust_remote_code, verify and not fetched)
-    return folder, load_overrides(folder / hparams_file, overrides)
+    kwargs["overrides"] = load_overrides(folder / hparams_file, kwargs.get("overrides"))
+    return folder
+
+
+class CheckedFolderLoading:
+    """``from_hparams`` for SpeechBrain interfaces that load model folders: check, then load.
+
+    Put before the SpeechBrain interface class (``class SLAP(CheckedFolderLoading,
+    Pretrained)``): a hub id is fetched and every file checked, a local folder's
+    ``SHA256SUMS``, yaml allow-list and paths are checked, and only then does the
+    interface's own ``from_hparams`` load the folder in place.
+    """
+
+    @classmethod
+    def from_hparams(
+        cls,
+        source,
+        hparams_file="hyperparams.yaml",
+        verify=True,
+        trust_remote_code=False,
+        savedir=None,
+        **kwargs,
+    ):
+        """Loads a model folder or hub model, after checking its files and its yaml.
+
+        ``hyperparams.yaml`` is executable configuration: unless
+        ``trust_remote_code``, a yaml that builds or calls anything outside
+        ``speechbrain_slap.model_folder.ALLOWED_YAML_TARGETS``, or points outside
+        its folder, is refused before it is loaded.
+
+        Arguments
+        ---------
+        source : str or Path
+            The model folder, or a Hugging Face hub id ``org/name`` whose files
+            are fetched with SpeechBrain's fetching (``SHA256SUMS`` first) and
+            checked (``fetch_model_folder``).
+        hparams_file : str
+            The yaml inside it.
+        verify : bool
+            Check the files of a local folder against ``SHA256SUMS`` (a folder
+            must have one) before anything is loaded; a hub model's files are
+            always checked.
+        trust_remote_code : bool
+            Load a yaml that uses code outside the allow-list.
+        savedir : str or Path, optional
+            Where a hub model's files are collected (links into the Hugging
+            Face cache); default: the cache itself. A local folder is read in
+            place, so the files loaded are the files just verified.
+        **kwargs
+            As for the interface's ``from_hparams`` (``run_opts``,
+            ``overrides``...); ``fetch_config`` (SpeechBrain's ``FetchConfig``:
+            revision, token) and ``huggingface_cache_dir`` for a hub id.
+
+        Returns
+        -------
+        The interface, with ``model_folder``: the local folder its files were read from.
+        """
+        folder = open_model_folder(source, hparams_file, verify, trust_remote_code, savedir, kwargs)
+        model = super().from_hparams(source=str(folder), hparams_file=hparams_file, **kwargs)
+        model.model_folder = folder  # where the files were read (a hub id's fetched folder)
+        return model
 
 
 def load_slap(
