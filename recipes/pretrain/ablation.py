@@ -186,19 +186,18 @@ def main(argv=None):
     print("ablation: ms per step " + ", ".join(f"{n}: {ms:.0f}" for n, ms in step_ms.items()))
     print("ablation: epochs " + ", ".join(f"{n}: {e}" for n, e in epochs.items()), flush=True)
 
-    records = [
-        run(args, config, seed, epochs[config], data_folder)
-        for seed in args.seeds
-        for config in CONFIGS
-    ]
-    out = Path(args.output)
-    (out / "ablation.json").write_text(
-        json.dumps({"step_ms": step_ms, "epochs": epochs, "runs": records}, indent=2) + "\n",
-        encoding="utf-8",
-    )
-    text = table(records)
-    (out / "ablation.md").write_text(text, encoding="utf-8")
-    print(text)
+    out, records = Path(args.output), []
+    for seed in args.seeds:
+        for config in CONFIGS:
+            records.append(run(args, config, seed, epochs[config], data_folder))
+            # rewritten after every run: an interrupted ablation keeps its table so far
+            (out / "ablation.json").write_text(
+                json.dumps({"step_ms": step_ms, "epochs": epochs, "runs": records}, indent=2)
+                + "\n",
+                encoding="utf-8",
+            )
+            (out / "ablation.md").write_text(table(records), encoding="utf-8")
+    print(table(records))
 
 
 if __name__ == "__main__":
