@@ -19,6 +19,8 @@ not repeated, so an interrupted ablation continues where it stopped::
     python recipes/pretrain/ablation.py recipes/pretrain/hparams/pretrain_tiny_synth.yaml \\
         --seeds 1 2 3 --output results/ablation
 
+Other ``--key=value`` arguments are passed to every ``train.py`` run.
+
 Authors
  * speechbrain-slap contributors 2026
 """
@@ -157,6 +159,14 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_hparams(path: str, output: str) -> dict:
+    """The recipe yaml (for its ``data_folder`` and ``number_of_epochs``)."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(path, encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, {"output_folder": str(Path(output) / "hparams")})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("hparams", help="the recipe yaml, e.g. hparams/pretrain_tiny_synth.yaml")
@@ -165,16 +175,13 @@ def main(argv=None):
     parser.add_argument("--output", default="results/ablation")
     parser.add_argument("--data_folder", default=None, help="the corpus (generated if absent)")
     parser.add_argument("--calibration_steps", type=int, default=8)
-    parser.add_argument(
-        "train_args", nargs=argparse.REMAINDER, help="after --: more train.py overrides"
-    )
-    args = parser.parse_args(argv)
-    args.train_args = [a for a in args.train_args if a != "--"]
+    # Any other --key=value is passed to every train.py run (e.g. --batch_seconds=60).
+    args, args.train_args = parser.parse_known_args(argv)
+    unknown = [a for a in args.train_args if not a.startswith("--") or "=" not in a]
+    if unknown:
+        parser.error(f"unrecognized arguments {unknown}: train.py overrides are --key=value")
 
-    from hyperpyyaml import load_hyperpyyaml
-
-    with open(args.hparams, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, {"output_folder": str(Path(args.output) / "hparams")})
+    hparams = load_hparams(args.hparams, args.output)
     data_folder = Path(args.data_folder or hparams["data_folder"]).resolve()
     epochs_all = args.epochs or hparams["number_of_epochs"]
     os.makedirs(args.output, exist_ok=True)

@@ -63,3 +63,21 @@ def test_table_mean_and_std_over_seeds(ablation):
     assert lines[2].startswith("| CLAP only | 1 2 3 | 4 | 10.0 min | 12.0 ± " + f"{std:.1f}")
     assert lines[3].startswith("| all three | 1 | 2 | 10.0 min | 20.0 ± 0.0 | 10.0 ± 0.0")
     assert math.isclose(std, 2.0)
+
+
+def test_options_and_train_overrides_are_told_apart(ablation, monkeypatch):
+    """Options after the yaml are the ablation's; other --key=value go to train.py."""
+    seen = {}
+
+    def stop(args, config, data_folder):
+        seen.update(vars(args))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ablation, "calibrate", stop)
+    monkeypatch.setattr(ablation, "load_hparams", lambda path, output: {"data_folder": "d"})
+    with pytest.raises(SystemExit):
+        ablation.main(["x.yaml", "--seeds", "4", "5", "--epochs", "1", "--batch_seconds=60"])
+    assert seen["seeds"] == [4, 5] and seen["epochs"] == 1
+    assert seen["train_args"] == ["--batch_seconds=60"]
+    with pytest.raises(SystemExit):
+        ablation.main(["x.yaml", "--nonsense", "1"])
