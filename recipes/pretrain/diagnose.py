@@ -25,6 +25,17 @@ and the R@1 a retrieval that ranks those ties at random would score::
 
     python recipes/pretrain/diagnose.py oracle data/slap_synth --split test
 
+``pooling``: how fast the tiny encoder learns which sound types a clip holds
+under each pooling, supervised (no text, no SSL): a linear head on the pooled
+tokens is trained with a multi-label loss on the training clips, and the
+valid clips whose two highest scores are exactly their types are counted.
+``--pool map`` is SLAP's MAP head as the package initialises it;
+``--map_init small`` draws its probe and projections at std 0.02 (the
+initialisation of earlier revisions); ``mean`` and ``max`` pool the tokens
+directly::
+
+    python recipes/pretrain/diagnose.py pooling data/slap_synth --pool map --steps 200
+
 Authors
  * speechbrain-slap contributors 2026
 """
@@ -164,6 +175,16 @@ def time_split(args) -> None:
     for name, seconds in rows:
         print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / step:.1f}% |")
     print(f"| data loading (separate) | {1000 * loading:.1f} | {100 * loading / step:.1f}% |")
+    if args.json:
+        record = {
+            "step_ms": 1000 * step,
+            "batches_per_epoch": len(train_kwargs["batch_sampler"]),
+            "audio_seconds_per_step": statistics.mean(audio_seconds),
+            "threads": torch.get_num_threads(),
+            "parts_ms": {name: 1000 * seconds for name, seconds in rows},
+            "data_loading_ms": 1000 * loading,
+        }
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def _scenes(csv_file: Path) -> dict[str, dict]:
@@ -254,6 +275,96 @@ def oracle(args) -> None:
     )
 
 
+def pooling(args) -> None:
+    """Prints the valid type-set accuracy of a supervised type probe every ``--every`` steps."""
+    import random
+
+    from speechbrain_slap.data.audio import load_audio
+    from speechbrain_slap.data.batching import pack_by_duration
+    from speechbrain_slap.data.synthetic import SOUND_TYPES
+    from speechbrain_slap.hparams import architecture_file
+    from speechbrain_slap.lobes.features import pad_waveforms
+
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    data = Path(args.data_folder)
+
+    def clips(split, limit):
+        with open(data / f"{split}.csv", newline="", encoding="utf-8") as fin:
+            rows = list(csv.DictReader(fin))[:limit]
+        target = torch.zeros(len(rows), len(SOUND_TYPES))
+        for i, row in enumerate(rows):
+            for group in json.loads(row["scene"])["groups"]:
+                target[i, SOUND_TYPES.index(group[0])] = 1
+        wavs = [load_audio(row["wav"].replace("$data_root", str(data))) for row in rows]
+        return wavs, target
+
+    train, valid = clips("train", args.n_train), clips("valid", 200)
+    with open(architecture_file("slap_tiny"), encoding="utf-8") as fin:
+        model = load_hyperpyyaml(fin)
+    features, encoder, pool = (
+        model["compute_features"],
+        model["audio_encoder"],
+        model["audio_pooling"],
+    )
+    if args.map_init == "small":
+        torch.nn.init.trunc_normal_(pool.probe, std=0.02)
+        for module in pool.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.trunc_normal_(module.weight, std=0.02)
+    head = torch.nn.Linear(encoder.embed_dim, len(SOUND_TYPES))
+    trained = [*encoder.parameters(), *head.parameters()]
+    trained += list(pool.parameters()) if args.pool == "map" else []
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.05)
+
+    def scores(wavs):
+        padded, lengths = pad_waveforms(wavs)
+        tokens = encoder(features(padded), lengths)
+        real = tokens.ne(0).any(-1, keepdim=True)  # padding rows are exactly zero
+        if args.pool == "max":
+            pooled = tokens.masked_fill(~real, float("-inf")).amax(1)
+        elif args.pool == "mean":
+            pooled = (tokens * real).sum(1) / real.sum(1)
+        else:
+            pooled = pool(tokens, lengths)
+        return head(pooled)
+
+    def type_set_accuracy():
+        encoder.eval(), pool.eval()
+        hits = 0
+        with torch.no_grad():
+            for start in range(0, 200, 20):
+                wavs, target = valid[0][start : start + 20], valid[1][start : start + 20]
+                top = scores(wavs).topk(2).indices
+                hits += int(target.gather(1, top).sum(1).eq(2).sum())
+        encoder.train(), pool.train()
+        return hits / len(valid[0])
+
+    step, begin = 0, time.perf_counter()
+    duration = [min(w.numel() / 16000, 30.0) for w in train[0]]
+    print(f"pooling {args.pool}, MAP init {args.map_init}, {len(duration)} training clips")
+    while step < args.steps:
+        order = list(range(len(duration)))
+        rng.shuffle(order)
+        for batch in pack_by_duration(order, duration.__getitem__, args.batch_seconds, 48):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                scores([train[0][i] for i in batch]), train[1][batch]
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 5.0)
+            optimizer.step()
+            step += 1
+            if step % args.every == 0:
+                print(
+                    f"step {step}: loss {loss.item():.3f}, valid type-set accuracy "
+                    f"{type_set_accuracy():.3f} ({time.perf_counter() - begin:.0f} s)",
+                    flush=True,
+                )
+            if step >= args.steps:
+                break
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="report", required=True)
@@ -262,6 +373,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--overrides", default="", help="yaml overrides, e.g. '{batch_seconds: 60}'")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.set_defaults(func=time_split)
     p = sub.add_parser("attributes", help="attribute matches of t2a top-1 retrieval")
     p.add_argument("output_folder")
@@ -272,6 +384,17 @@ def main(argv=None):
     p.add_argument("data_folder")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.set_defaults(func=oracle)
+    p = sub.add_parser("pooling", help="supervised sound-type probe under each pooling")
+    p.add_argument("data_folder")
+    p.add_argument("--pool", default="map", choices=("map", "mean", "max"))
+    p.add_argument("--map_init", default="package", choices=("package", "small"))
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch_seconds", type=float, default=120.0)
+    p.add_argument("--n_train", type=int, default=800)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=pooling)
     args = parser.parse_args(argv)
     args.func(args)
 

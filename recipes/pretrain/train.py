@@ -133,6 +133,33 @@ def stream_prepare(hparams, tokenizer):
     return loader
 
 
+def precompute_text_states(hparams, datasets) -> None:
+    """The frozen text encoder's states of every caption and prompt, computed once up front.
+
+    The text encoder is frozen and the corpus's captions are known, so their
+    Transformer states are computed in batches before training (the
+    encoder's cache) instead of one new sentence at a time during the steps.
+    Skipped unless the encoder keeps a cache (``cache_size``).
+    """
+    encoder = hparams["text_encoder"]
+    if not getattr(encoder, "cache_size", 0):
+        return
+    texts = [
+        caption
+        for dataset in datasets.values()
+        for row in dataset.data.values()
+        for caption in split_captions(row["captions"])
+    ]
+    texts += list(hparams.get("zeroshot_prompts") or [])
+    start = time.perf_counter()
+    computed = encoder.precompute(texts)
+    logger.info(
+        "text encoder: states of %d sentences computed in %.0f s (frozen, cached)",
+        computed,
+        time.perf_counter() - start,
+    )
+
+
 def frame_probe(brain, hparams) -> dict:
     """The dense-feature probe on the embedded corpus (``speechbrain_slap.frame_probe``).
 
@@ -210,6 +237,7 @@ if __name__ == "__main__":
     tokenizer = prepare_tokenizer(hparams)
     datasets = dataio_prepare(hparams, tokenizer)
     hparams["train_monitor"] = datasets.get("train_monitor")  # train R@1 beside valid R@1
+    precompute_text_states(hparams, datasets)
 
     if hparams["train_shards"]:
         train_data = stream_prepare(hparams, tokenizer)

@@ -57,11 +57,19 @@ class MAPooling(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Truncated-normal weights (std 0.02), zero biases, as in SigLIP's MAP."""
-        nn.init.trunc_normal_(self.probe, std=0.02)
+        """Xavier-uniform projections and zero biases, as in SigLIP's MAP head.
+
+        The probe is drawn at the scale of a LayerNorm'd token (std 1), so the
+        probe's attention logits start at unit scale: pooling can single out the
+        few tokens of a short event from the first steps. With the probe and its
+        projection both near zero (std 0.02 each), the query is the product of
+        two small tensors, the attention stays uniform, and the pooled embedding
+        is the clip's mean, in which a sparse event drowns.
+        """
+        nn.init.normal_(self.probe, std=1.0)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
     def forward_packed(self, tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -189,6 +189,38 @@ def test_cache_of_frozen_states_gives_the_same_embeddings_and_gradients():
         cached(["Rain.", 3])
 
 
+def test_precompute_fills_the_cache_in_batches():
+    """precompute: each new sentence computed once, in batches; the embeddings then equal
+    the uncached ones and no Transformer pass runs; the same set gives the same bits."""
+    texts = ["A dog barks twice.", LONG_SENTENCE, "Rain.", "A dog barks twice.", "Wind."]
+    torch.manual_seed(0)
+    plain = HFTextEncoder(packaged_minilm_path(), output_dim=32, num_heads=4, freeze=True)
+    encoders = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        encoders.append(
+            HFTextEncoder(
+                packaged_minilm_path(), output_dim=32, num_heads=4, freeze=True, cache_size=8
+            )
+        )
+    cached, again = encoders
+    calls = []
+    cached.model.register_forward_hook(lambda m, a, o: calls.append(a[0].shape if a else None))
+    assert cached.precompute(texts, batch_size=3) == 4
+    assert len(calls) == 2  # 4 distinct sentences in batches of 3
+    assert cached.precompute(texts[:2]) == 0
+    got = cached(texts)
+    assert len(calls) == 2  # all from the cache
+    torch.testing.assert_close(got, plain(texts), atol=1e-5, rtol=1e-5)
+    again.precompute(list(reversed(texts)), batch_size=3)  # same set, other order
+    for text in texts:
+        assert torch.equal(cached._states[text], again._states[text])
+    with pytest.raises(ValueError, match="do not fit the cache"):
+        cached.precompute([f"sentence {i}" for i in range(5)])
+    with pytest.raises(ValueError, match="cache_size > 0"):
+        plain.precompute(texts)
+
+
 @pytest.mark.parametrize(
     ("texts", "match"),
     [
