@@ -222,14 +222,8 @@ class CaptionDecoder(nn.Module):
         so ``dynamic=True`` by default. In place (``nn.Module.compile``): the
         state keys stay as they are. Embeddings, final norm and head stay eager.
 
-        Arguments
-        ---------
-        **kwargs
-            ``torch.compile`` options (``mode``, ``fullgraph``, ``dynamic``).
-
-        Returns
-        -------
-        self
+        ``**kwargs`` are ``torch.compile`` options (``mode``, ``fullgraph``,
+        ``dynamic``); returns ``self``, as ``SLAPAudioEncoder.compile_blocks``.
 
         Example
         -------

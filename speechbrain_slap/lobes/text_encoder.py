@@ -147,14 +147,8 @@ class HFTextEncoder(nn.Module):
         (``nn.Module.compile``): the state keys stay as they are. The MAP head
         and projection stay eager.
 
-        Arguments
-        ---------
-        **kwargs
-            ``torch.compile`` options (``mode``, ``fullgraph``, ``dynamic``).
-
-        Returns
-        -------
-        self
+        ``**kwargs`` are ``torch.compile`` options (``mode``, ``fullgraph``,
+        ``dynamic``); returns ``self``, as ``SLAPAudioEncoder.compile_blocks``.
 
         Example
         -------
