@@ -25,6 +25,13 @@ and the R@1 a retrieval that ranks those ties at random would score::
 
     python recipes/pretrain/diagnose.py oracle data/slap_synth --split test
 
+``zeroshot``: the recipe's zero-shot score (the first sound's type, one
+prompt per type) beside how often the predicted type is one of the clip's two
+types at all, for a trained recipe output: a model that finds the sounds but
+not which came first scores about half of the second::
+
+    python recipes/pretrain/diagnose.py zeroshot results/pretrain_tiny_synth/1234 --split valid
+
 ``pooling``: how fast the tiny encoder learns which sound types a clip holds
 under each pooling, supervised (no text, no SSL): a linear head on the pooled
 tokens is trained with a multi-label loss on the training clips, and the
@@ -252,6 +259,48 @@ def attributes(args) -> None:
     print(json.dumps({"split": args.split, **result}, indent=2))
 
 
+def zeroshot(args) -> None:
+    """Prints first-sound zero-shot accuracy and the share of predictions among the clip's types."""
+    from speechbrain_slap.data.synthetic import SOUND_TYPES
+
+    output = Path(args.output_folder)
+    overrides = {"output_folder": str(output), **json.loads(args.overrides or "{}")}
+    hparams, datasets, brain, _ = build(str(output / "hyperparams.yaml"), overrides)
+    brain.checkpointer.recover_if_possible(max_key="mean_R@1")
+    brain.on_stage_start(sb.Stage.VALID)
+    brain.modules.eval()
+    loader = brain.make_dataloader(
+        datasets[args.split],
+        sb.Stage.VALID,
+        **recipe.loader_kwargs(datasets[args.split], hparams, train=False),
+    )
+    ids = []
+    with torch.no_grad():
+        for batch in loader:
+            brain._collect_eval(brain.compute_forward(batch, sb.Stage.VALID), batch)
+            ids.extend(batch.id)
+        audio = torch.nn.functional.normalize(torch.cat(brain.eval_audio), dim=-1)
+        prompts = list(hparams["zeroshot_prompts"])
+        text = torch.nn.functional.normalize(brain._embed_texts(prompts), dim=-1)
+    predicted = (audio @ text.T).argmax(dim=1).tolist()
+    by_id = _scenes(Path(hparams[f"{args.split}_csv"]))
+    groups = [[SOUND_TYPES.index(g[0]) for g in by_id[i]["groups"]] for i in ids]
+    print(
+        json.dumps(
+            {
+                "split": args.split,
+                "first_sound_accuracy": statistics.mean(
+                    int(p == g[0]) for p, g in zip(predicted, groups, strict=True)
+                ),
+                "prediction_among_clip_types": statistics.mean(
+                    int(p in g) for p, g in zip(predicted, groups, strict=True)
+                ),
+            },
+            indent=2,
+        )
+    )
+
+
 def oracle(args) -> None:
     """Prints how many clips share a description, and the oracle's expected R@1."""
     scenes = _scenes(Path(args.data_folder) / f"{args.split}.csv")
@@ -380,6 +429,11 @@ def main(argv=None):
     p.add_argument("--split", default="valid", choices=("valid", "test"))
     p.add_argument("--overrides", default="", help="JSON overrides")
     p.set_defaults(func=attributes)
+    p = sub.add_parser("zeroshot", help="first-sound zero-shot vs any of the clip's types")
+    p.add_argument("output_folder")
+    p.add_argument("--split", default="valid", choices=("valid", "test"))
+    p.add_argument("--overrides", default="", help="JSON overrides")
+    p.set_defaults(func=zeroshot)
     p = sub.add_parser("oracle", help="clips sharing a description")
     p.add_argument("data_folder")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
