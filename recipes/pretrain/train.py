@@ -151,6 +151,15 @@ def precompute_text_states(hparams, datasets) -> None:
         for caption in split_captions(row["captions"])
     ]
     texts += list(hparams.get("zeroshot_prompts") or [])
+    distinct = len(set(texts))
+    if distinct > encoder.cache_size:
+        logger.warning(
+            "text encoder: %d distinct captions exceed cache_size %d; their states are "
+            "computed during training instead (raise cache_size to precompute them)",
+            distinct,
+            encoder.cache_size,
+        )
+        return
     start = time.perf_counter()
     computed = encoder.precompute(texts)
     logger.info(
