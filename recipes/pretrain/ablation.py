@@ -14,7 +14,8 @@ evaluates its valid-best checkpoint on the test split, as the recipe does.
 Writes ``ablation.json`` (every run) and ``ablation.md`` (mean and std over the
 seeds of t2a/a2t R@1, zero-shot accuracy and the frame probe) into
 ``--output``, and prints the table. Runs whose ``test_results.json`` exists are
-not repeated, so an interrupted ablation continues where it stopped::
+not repeated, and the calibration is kept, so an interrupted ablation (or
+one given more seeds) continues where it stopped::
 
     python recipes/pretrain/ablation.py recipes/pretrain/hparams/pretrain_tiny_synth.yaml \\
         --seeds 1 2 3 --output results/ablation
@@ -65,6 +66,8 @@ def weights_override(weights: dict) -> str:
 def calibrate(args, config: str, data_folder: Path) -> dict:
     """Measured ms per training step and batches per epoch of one configuration."""
     target = Path(args.output) / "calibration" / f"{slug(config)}.json"
+    if target.exists():  # an ablation continued in the same folder keeps its epochs
+        return json.loads(target.read_text(encoding="utf-8"))
     target.parent.mkdir(parents=True, exist_ok=True)
     overrides = (
         f"{{data_folder: {data_folder}, output_folder: {target.parent / slug(config)}, "
