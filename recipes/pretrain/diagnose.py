@@ -379,14 +379,16 @@ def pooling(args) -> None:
         return head(pooled)
 
     def type_set_accuracy():
-        encoder.eval(), pool.eval()
+        encoder.eval()
+        pool.eval()
         hits = 0
         with torch.no_grad():
             for start in range(0, 200, 20):
                 wavs, target = valid[0][start : start + 20], valid[1][start : start + 20]
                 top = scores(wavs).topk(2).indices
                 hits += int(target.gather(1, top).sum(1).eq(2).sum())
-        encoder.train(), pool.train()
+        encoder.train()
+        pool.train()
         return hits / len(valid[0])
 
     step, begin = 0, time.perf_counter()
