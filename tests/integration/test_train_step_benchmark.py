@@ -10,6 +10,7 @@ The compiled variants are left out here (inductor takes minutes on this CPU;
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,10 +59,15 @@ def test_cpu_run_measures_every_variant(tmp_path):
         assert row["step_ms"] > 0 and row["audio_s_per_s"] > 0 and 0 < row["mfu"] < 2
     assert rows["eager", "packed", "on"]["clap_negatives"] == clips  # the whole step
     assert rows["eager", "packed", "off"]["clap_negatives"] == clips / 2  # one micro-batch
-    # The cache's first pass encodes view 1 once more: 3 + 1 passes over the real tokens.
+    # Encoder passes per step: the student's views (the yaml's ssl_view) and the teacher;
+    # the cache's first pass encodes the CLAP view once more.
+    yaml_text = (REPO / "recipes/pretrain/hparams/pretrain_tiny_synth.yaml").read_text()
+    (view,) = re.findall(r"^ssl_view:\s*(\w+)", yaml_text, re.MULTILINE)
+    passes = {"dual": 2, "shared": 1}[view] + 1
     tokens = rows["eager", "packed", "off"]["tokens"]
-    assert rows["eager", "packed", "on"]["encoder_tokens"] == 4 * tokens
-    assert rows["eager", "padded", "off"]["encoder_tokens"] == 3 * 748 * clips
+    assert rows["eager", "packed", "off"]["encoder_tokens"] == passes * tokens
+    assert rows["eager", "packed", "on"]["encoder_tokens"] == (passes + 1) * tokens
+    assert rows["eager", "padded", "off"]["encoder_tokens"] == passes * 748 * clips
     last_lines = process.stdout.strip().splitlines()[-5:]  # header, rule, 3 rows
     assert last_lines[0].startswith("| mix | compile | mode | cache |")
     assert last_lines[-1].startswith("| audiocaps | eager | packed | on |")
