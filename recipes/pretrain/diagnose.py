@@ -235,8 +235,13 @@ def attribute_matches(similarity: torch.Tensor, text_to_audio, scenes: list[dict
     }
 
 
-def attributes(args) -> None:
-    """Loads the best checkpoint of a recipe output and prints the attribute matches."""
+def embed_split(args):
+    """The best checkpoint of ``args.output_folder``, its eval embeddings of ``args.split``.
+
+    Returns the hparams, the ``SLAPBrain`` holding the split's audio and
+    caption embeddings (as its valid stage collects them) and the clip ids in
+    their order.
+    """
     output = Path(args.output_folder)
     overrides = {"output_folder": str(output), **json.loads(args.overrides or "{}")}
     hparams, datasets, brain, _ = build(str(output / "hyperparams.yaml"), overrides)
@@ -253,6 +258,12 @@ def attributes(args) -> None:
         for batch in loader:
             brain._collect_eval(brain.compute_forward(batch, sb.Stage.VALID), batch)
             ids.extend(batch.id)
+    return hparams, brain, ids
+
+
+def attributes(args) -> None:
+    """Loads the best checkpoint of a recipe output and prints the attribute matches."""
+    hparams, brain, ids = embed_split(args)
     metrics, similarity, text_to_audio = brain.evaluate_retrieval()
     by_id = _scenes(Path(hparams[f"{args.split}_csv"]))
     result = attribute_matches(similarity, text_to_audio, [by_id[i] for i in ids])
@@ -263,22 +274,8 @@ def zeroshot(args) -> None:
     """Prints first-sound zero-shot accuracy and the share of predictions among the clip's types."""
     from speechbrain_slap.data.synthetic import SOUND_TYPES
 
-    output = Path(args.output_folder)
-    overrides = {"output_folder": str(output), **json.loads(args.overrides or "{}")}
-    hparams, datasets, brain, _ = build(str(output / "hyperparams.yaml"), overrides)
-    brain.checkpointer.recover_if_possible(max_key="mean_R@1")
-    brain.on_stage_start(sb.Stage.VALID)
-    brain.modules.eval()
-    loader = brain.make_dataloader(
-        datasets[args.split],
-        sb.Stage.VALID,
-        **recipe.loader_kwargs(datasets[args.split], hparams, train=False),
-    )
-    ids = []
+    hparams, brain, ids = embed_split(args)
     with torch.no_grad():
-        for batch in loader:
-            brain._collect_eval(brain.compute_forward(batch, sb.Stage.VALID), batch)
-            ids.extend(batch.id)
         audio = torch.nn.functional.normalize(torch.cat(brain.eval_audio), dim=-1)
         prompts = list(hparams["zeroshot_prompts"])
         text = torch.nn.functional.normalize(brain._embed_texts(prompts), dim=-1)
