@@ -121,8 +121,11 @@ def run(args, config: str, seed: int, epochs: int, data_folder: Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         print(f"ablation: {config}, seed {seed}, {epochs} epochs -> {folder}", flush=True)
         start = time.perf_counter()
-        with open(folder / "ablation_stdout.txt", "w", encoding="utf-8") as log:
-            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+        log_file = folder / "ablation_stdout.txt"
+        with open(log_file, "w", encoding="utf-8") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise SystemExit(f"ablation: {config}, seed {seed} failed (exit {code}): {log_file}")
         wall = time.perf_counter() - start
         record_file.write_text(json.dumps({"wall_s": wall, "epochs": epochs}) + "\n")
     record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}
