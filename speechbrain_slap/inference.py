@@ -484,12 +484,12 @@ class SLAP(CheckedFolderLoading, Pretrained):
             Best class names.
         """
         audio = self.encode_audio_batch(wavs, wav_lens)
-        return self._classify(audio, labels, templates)
+        return self._classify(audio, labels, self.label_embeddings(labels, templates))
 
     def classify_file(self, path, labels, templates=DEFAULT_TEMPLATE):
         """``classify_batch`` for one file; outputs have a batch dimension of 1."""
         audio = self.encode_file(path).unsqueeze(0)
-        return self._classify(audio, labels, templates)
+        return self._classify(audio, labels, self.label_embeddings(labels, templates))
 
     def classify_files(
         self,
@@ -519,15 +519,13 @@ class SLAP(CheckedFolderLoading, Pretrained):
             input order (row ``i`` equals ``classify_file`` of ``files[i]``);
             ``files`` and ``failed`` as for ``encode_files``.
         """
-        classes = self.label_embeddings(labels, templates)
+        classes = self.label_embeddings(labels, templates)  # bad labels fail before any file
         embeddings, files, failed = self.encode_files(paths, progress)
-        scores = self.scores_from_embeddings(embeddings, classes)
-        best, index = scores.max(dim=-1)
-        text_labels = [list(labels)[i] for i in index.tolist()]
-        return FileResults((scores, best, index, text_labels), files, failed)
+        return FileResults(self._classify(embeddings, labels, classes), files, failed)
 
-    def _classify(self, audio, labels, templates):
-        scores = self.scores_from_embeddings(audio, self.label_embeddings(labels, templates))
+    def _classify(self, audio, labels, classes):
+        """``classify_batch``'s tuple for audio embeddings and the labels' class embeddings."""
+        scores = self.scores_from_embeddings(audio, classes)
         best, index = scores.max(dim=-1)
         return scores, best, index, [list(labels)[i] for i in index.tolist()]
 
