@@ -431,7 +431,12 @@ class PackedAttention:
             out = torch.empty_like(q)
             starts = self.cu_seqlens[:-1].long()
             for length, clips in self._length_groups():
-                rows = (starts[clips][:, None] + torch.arange(length, device=q.device)).flatten()
+                if len(clips) == 1:  # the clip's rows are one slice: no gather
+                    start = int(starts[clips[0]])
+                    rows = slice(start, start + length)
+                else:
+                    rows = starts[clips][:, None] + torch.arange(length, device=q.device)
+                    rows = rows.flatten()
                 shape = (len(clips), length, heads, head_dim)
                 group = torch.nn.functional.scaled_dot_product_attention(
                     *(x[rows].view(shape).transpose(1, 2) for x in (q, k, v)), scale=scale
@@ -439,10 +444,10 @@ class PackedAttention:
                 out[rows] = group.transpose(1, 2).reshape(-1, heads, head_dim)
             return out
         queries, keys, mask, real = self._band_layout(window)
-        zero = q.new_zeros(1, heads, head_dim)
-        # (K, heads, n, head_dim) per block; index -1 reads the zero row.
+        # (K, heads, n, head_dim) per block. Index -1 (past a clip's end) reads token 0:
+        # the mask hides those keys and those queries' outputs are dropped.
         q, k, v = (
-            torch.cat([x, zero])[i].transpose(1, 2) for x, i in ((q, queries), (k, keys), (v, keys))
+            x[i.clamp(min=0)].transpose(1, 2) for x, i in ((q, queries), (k, keys), (v, keys))
         )
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return out.transpose(1, 2).reshape(-1, heads, head_dim)[real]

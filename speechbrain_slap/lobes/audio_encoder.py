@@ -27,6 +27,9 @@ from speechbrain_slap.lobes.rope import AxialRoPE
 
 # Compiled variants of the block code kept before dynamo falls back to eager.
 RECOMPILE_LIMIT = 64
+# Rows per block of the SwiGLU in CPU inference (measured on 2 cores: 1024 rows make the
+# base model's int8 feed-forward 1.35x faster than one block, and fp32 no slower).
+CPU_INFERENCE_ROWS = 1024
 
 
 class RMSNorm(nn.RMSNorm):
@@ -63,8 +66,18 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Applies the feed-forward to ``(..., dim)``."""
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(nn.functional.silu(gate) * up)
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down(nn.functional.silu(gate) * up)
+        # CPU inference is bound by memory traffic outside the matmuls: rows go through
+        # in blocks whose 2 x hidden activations stay in cache, and the product is in place.
+        rows = x.reshape(-1, x.shape[-1])
+        out = [self._rows_inference(block) for block in rows.split(CPU_INFERENCE_ROWS)]
+        return torch.cat(out).view(*x.shape[:-1], -1)
+
+    def _rows_inference(self, rows: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(rows).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate).mul_(up))
 
 
 class PackedSelfAttention(nn.Module):
