@@ -23,10 +23,14 @@ sounds), written as 16 kHz WAV files.
 The two run side by side in one process, alternating (SLAP, HTSAT, SLAP, ...)
 with the same torch thread count, ``--repeats`` times each after one warm-up
 call; the table gives the median of each and the ratio of SLAP's speed to
-HTSAT's (above 1: SLAP is faster). ``--precision`` adds rows of SLAP and HTSAT
-under bf16 autocast. The warm-up call also counts each model's FLOPs
-of the matmuls (``torch.utils.flop_counter``; not those inside SDPA) per second of audio,
-which is what the speeds follow.
+HTSAT's at the same precision (above 1: SLAP is faster), and the ratio to
+HTSAT in fp32 (the way LAION-CLAP runs it; ratio of medians, when fp32 is
+timed). ``--precision`` adds rows of SLAP and HTSAT under bf16 autocast, or
+with int8 linear layers (``speechbrain_slap.precision.int8_copy``, applied to
+both models). The warm-up call also counts each model's FLOPs of the matmuls
+(``torch.utils.flop_counter``; not those inside SDPA, and int8 kernels are not
+counted: the same matmuls as fp32) per second of audio, which is what the
+speeds follow.
 
 Usage::
 
@@ -57,7 +61,7 @@ from encode_file_speed import build_model_folder, cpu_name, load_average  # noqa
 from speechbrain_slap.demo import generated_clip  # noqa: E402
 from speechbrain_slap.hparams import architecture_file  # noqa: E402
 from speechbrain_slap.inference import SLAP  # noqa: E402
-from speechbrain_slap.precision import inference_context  # noqa: E402
+from speechbrain_slap.precision import inference_context, int8_copy  # noqa: E402
 
 RATE = 16000
 HTSAT_RATE = 48000
@@ -89,6 +93,7 @@ class HTSATTower:
 
         torch.manual_seed(0)
         self.model = ClapAudioModelWithProjection(ClapAudioConfig()).eval()
+        self.int8_model = int8_copy(self.model)  # its linear layers; convolutions stay fp32
         self.params = sum(p.numel() for p in self.model.audio_model.parameters())
         extractor = ClapFeatureExtractor()
         windows, self.owner = [], []
@@ -113,9 +118,10 @@ class HTSATTower:
     def encode(self, precision: str) -> torch.Tensor:
         """``(n_clips, 512)`` clip embeddings: the mean of each clip's window embeddings."""
         out = []
+        model = self.int8_model if precision == "int8" else self.model
         with inference_context(precision, "cpu"):
             for features in self.batches:
-                out.append(self.model(input_features=features).audio_embeds.float())
+                out.append(model(input_features=features).audio_embeds.float())
         embeds = torch.nn.functional.normalize(torch.cat(out), dim=-1)
         sums = torch.zeros(self.n_clips, embeds.shape[1])
         return sums.index_add_(0, torch.tensor(self.owner), embeds)
@@ -137,7 +143,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-seconds", type=float, default=300.0, help="SLAP's batch budget")
     parser.add_argument("--htsat-batch", type=int, default=8, help="HTSAT windows per forward")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "int8"]
+    )
     parser.add_argument(
         "--slap-attention",
         nargs="+",
@@ -197,8 +205,9 @@ def main(argv=None) -> None:
             for name, run in runs.items():
                 with FlopCounterMode(display=False) as counter:
                     run()
-                gflops = counter.get_total_flops() / 1e9 / audio_seconds
-                print(f"  {precision}, {name}: {gflops:.2f} matmul GFLOP per second of audio")
+                if precision != "int8":  # the counter does not see int8 kernels
+                    gflops = counter.get_total_flops() / 1e9 / audio_seconds
+                    print(f"  {precision}, {name}: {gflops:.2f} matmul GFLOP per second of audio")
             times = {name: [] for name in runs}
             for _ in range(args.repeats):  # alternating, so load changes hit every model
                 for name, run in runs.items():
@@ -217,16 +226,19 @@ def main(argv=None) -> None:
             rows.append((precision, "HTSAT-tiny tower", statistics.median(htsat_times), None))
     print(f"load average after: {load_average()}")
     print()
+    htsat_fp32 = {p: t for p, name, t, _ in rows if name == "HTSAT-tiny tower"}.get("fp32")
     print(
-        "| precision | model | seconds | clips / s | audio s / s | speed / HTSAT's "
-        "(median of per-round ratios) |"
+        "| precision | model | seconds | clips / s | audio s / s | speed / HTSAT's, same "
+        "precision (median of per-round ratios) | speed / HTSAT's in fp32 |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     n = len(durations)
     for precision, name, seconds, ratio in rows:
+        to_fp32 = "" if htsat_fp32 is None else f"{htsat_fp32 / seconds:.2f}x"
         print(
             f"| {precision} | {name} | {seconds:.2f} | {n / seconds:.2f} "
-            f"| {audio_seconds / seconds:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+            f"| {audio_seconds / seconds:.1f} | {'' if ratio is None else f'{ratio:.2f}x'} "
+            f"| {to_fp32} |"
         )
 
 

@@ -14,7 +14,7 @@ Subcommands (``slap SUBCOMMAND --help`` lists every option)::
 Model commands share ``--model FOLDER`` (a folder written by ``slap export``, or
 its Hugging Face hub id ``org/name`` once uploaded, fetched into the Hugging Face
 cache; its SHA-256 sums are checked before anything is loaded), ``--device cpu|cuda[:i]``,
-``--precision fp32|bf16|fp16`` (the autocast dtype, ``speechbrain_slap.precision``),
+``--precision fp32|bf16|fp16|int8`` (``speechbrain_slap.precision``),
 ``--batch-seconds`` (seconds of audio loaded and encoded per forward: the
 memory bound), ``--json`` (one JSON document on stdout instead of the human
 output) and ``--quiet`` (no progress bar). Progress bars, warnings and errors
@@ -96,7 +96,7 @@ from speechbrain_slap.outputs import write_atomic  # noqa: E402
 # Parsing arguments and answering --help import nothing heavy: torch, SpeechBrain
 # and the model code are imported by the subcommand that needs them.
 # speechbrain_slap.precision.PRECISIONS, spelled out here so that --help imports no torch.
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # What ``slap index`` looks for (case-insensitive): the formats libsndfile decodes.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
@@ -685,8 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="fp32 (default), bf16 (faster on CPUs with AVX-512 BF16 or AMX, and on GPUs) "
-        "or fp16 (GPUs): the autocast dtype of the encoders and the caption decoder",
+        help="fp32 (default), bf16 (faster on CPUs with AVX-512 BF16 or AMX, and on GPUs), "
+        "fp16 (GPUs): the autocast dtype of the encoders and the caption decoder; or int8 "
+        "(CPUs, fastest there): int8 linear layers in the audio encoder",
     )
     model.add_argument(
         "--batch-seconds",

@@ -56,7 +56,7 @@ from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
 from speechbrain_slap.lobes.packing import PATCH_FRAMES, num_time_patches, unpack_tokens
 from speechbrain_slap.model_folder.loading import CheckedFolderLoading
-from speechbrain_slap.precision import check_precision, inference_context
+from speechbrain_slap.precision import InferencePrecision
 from speechbrain_slap.prompts import DEFAULT_TEMPLATE, check_templates, prompts_for
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class FileResults(NamedTuple):
     failed: list[dict]
 
 
-class SLAP(CheckedFolderLoading, Pretrained):
+class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
     """A SLAP model folder, ready to embed, classify, search and caption audio.
 
     Build it with ``SLAP.from_hparams(source=FOLDER, run_opts=...)`` or, for a model
@@ -151,8 +151,10 @@ class SLAP(CheckedFolderLoading, Pretrained):
         Most seconds of audio encoded per forward (and read per batch by the
         ``*_files`` methods): the memory bound.
     precision : str, optional
-        ``fp32``, ``bf16`` or ``fp16`` (``speechbrain_slap.precision``); the
+        ``fp32``, ``bf16``, ``fp16`` or ``int8`` (``speechbrain_slap.precision``;
+        ``int8`` quantizes the audio encoder's linear layers, CPU only); the
         default is ``run_opts["precision"]``, itself ``fp32`` by default.
+        ``set_precision`` changes it later.
 
     Example
     -------
@@ -163,11 +165,11 @@ class SLAP(CheckedFolderLoading, Pretrained):
 
     HPARAMS_NEEDED = ["sample_rate", "max_duration", "window_hop"]
     MODULES_NEEDED = ["compute_features", "audio_encoder", "audio_pooling", "text_encoder"]
+    INT8_MODULES = ("audio_encoder",)
 
-    def __init__(self, *args, batch_seconds: float = 300.0, precision: str | None = None, **kwargs):
+    def __init__(self, *args, batch_seconds: float = 300.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_seconds = batch_seconds
-        self.set_precision(self.precision if precision is None else precision)
         self.sample_rate = int(self.hparams.sample_rate)
         self.hop_samples = self.mods.compute_features.hop_samples
         longest = int(round(float(self.hparams.max_duration) * self.sample_rate))
@@ -178,18 +180,6 @@ class SLAP(CheckedFolderLoading, Pretrained):
         self.hop = min(hop, self.window)
         window_starts(self.window + 1, self.window, self.hop)  # validates the hop
         self.frame_seconds = PATCH_FRAMES * self.hop_samples / self.sample_rate
-
-    def set_precision(self, precision: str) -> None:
-        """Runs the encoders and the decoder in ``precision`` from now on.
-
-        Arguments
-        ---------
-        precision : str
-            ``fp32`` (no autocast), ``bf16`` or ``fp16`` autocast; see
-            ``speechbrain_slap.precision``. Outputs stay fp32.
-        """
-        self.precision = check_precision(precision)
-        self.inference_ctx = inference_context(self.precision, self.device_type)
 
     # -- audio in ---------------------------------------------------------------------
     def load_audio(self, path, savedir=None) -> torch.Tensor:

@@ -61,7 +61,7 @@ from speechbrain_slap.lobes.packing import checked_lengths, frames_from_relative
 from speechbrain_slap.metrics import accuracy, macro_average_precision
 from speechbrain_slap.model_folder.loading import CheckedFolderLoading
 from speechbrain_slap.outputs import write_json
-from speechbrain_slap.precision import check_precision, inference_context
+from speechbrain_slap.precision import InferencePrecision
 
 logger = logging.getLogger(__name__)
 
@@ -493,7 +493,7 @@ def tagging_datasets(
     return datasets
 
 
-class TaggingClassifier(CheckedFolderLoading, EncoderClassifier):
+class TaggingClassifier(InferencePrecision, CheckedFolderLoading, EncoderClassifier):
     """SpeechBrain's ``EncoderClassifier`` for a tagging folder: files checked, a precision.
 
     ``from_hparams`` checks the folder (or fetches a hub id) first. The stock
@@ -508,8 +508,9 @@ class TaggingClassifier(CheckedFolderLoading, EncoderClassifier):
     *args, **kwargs
         As ``EncoderClassifier`` (build it with ``from_hparams``).
     precision : str, optional
-        ``fp32``, ``bf16`` or ``fp16``; the default is ``run_opts["precision"]``
-        (``fp32`` unless set).
+        ``fp32``, ``bf16``, ``fp16`` or ``int8`` (the embedding model's linear
+        layers, CPU only); the default is ``run_opts["precision"]`` (``fp32``
+        unless set). ``set_precision`` changes it later.
 
     Example
     -------
@@ -519,14 +520,7 @@ class TaggingClassifier(CheckedFolderLoading, EncoderClassifier):
     >>> tagger = TaggingClassifier.from_hparams(source="tagger", precision="bf16")  # doctest: +SKIP
     """
 
-    def __init__(self, *args, precision: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.set_precision(self.precision if precision is None else precision)
-
-    def set_precision(self, precision: str) -> None:
-        """Runs the embedding model in ``precision`` from now on (``fp32``, ``bf16``, ``fp16``)."""
-        self.precision = check_precision(precision)
-        self.inference_ctx = inference_context(self.precision, self.device_type)
+    INT8_MODULES = ("embedding_model",)
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False):
         """``EncoderClassifier.encode_batch`` under the precision's autocast; fp32 out."""

@@ -14,7 +14,7 @@ import torch
 
 from speechbrain_slap import cli
 from speechbrain_slap.inference import SLAP
-from speechbrain_slap.precision import PRECISIONS
+from speechbrain_slap.precision import PRECISIONS, DynamicInt8Linear
 
 RATE = 16000
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -124,8 +124,35 @@ def test_precision_from_run_opts_and_set_precision(slap_model_folder):
     assert loaded.precision == "bf16"
     loaded.set_precision("fp32")
     assert loaded.precision == "fp32"
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16; got 'half'"):
+    bad = "precision must be one of fp32, bf16, fp16, int8; got 'half'"
+    with pytest.raises(ValueError, match=bad):
         loaded.set_precision("half")
+
+
+def test_int8_is_within_cosine_0_98_of_fp32_and_switches_back(slap_model_folder, model, files):
+    loaded = SLAP.from_hparams(source=str(slap_model_folder), run_opts={"precision": "int8"})
+    assert loaded.precision == "int8"
+    fp32_encoder = loaded._fp32_modules["audio_encoder"]
+    linears = [m for m in loaded.mods.audio_encoder.modules() if type(m) is torch.nn.Linear]
+    assert not linears  # every linear layer of the audio encoder is an int8 one
+    assert sum(isinstance(m, DynamicInt8Linear) for m in loaded.mods.audio_encoder.modules()) > 0
+    fp32 = model.encode_files(files["good"]).output
+    int8 = loaded.encode_files(files["good"]).output
+    assert int8.dtype == torch.float32 and not torch.equal(int8, fp32)
+    cosine = (int8 * fp32).sum(-1)
+    assert bool((cosine > 0.98).all()), cosine
+    # The text tower is not quantized.
+    texts = ["a dog barks"]
+    torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts))
+    loaded.set_precision("fp32")
+    assert loaded.mods.audio_encoder is fp32_encoder
+    torch.testing.assert_close(loaded.encode_files(files["good"]).output, fp32)
+    loaded.set_precision("int8")  # the int8 copy is made once
+    assert loaded.mods.audio_encoder is loaded._int8_modules["audio_encoder"]
+    torch.testing.assert_close(loaded.encode_files(files["good"]).output, int8, atol=0, rtol=0)
+    loaded.device_type, loaded.device = "cuda", "cuda:0"
+    with pytest.raises(ValueError, match="int8 runs on the CPU only; the model is on cuda:0"):
+        loaded.set_precision("int8")
 
 
 @pytest.mark.parametrize("command", ["embed", "classify", "index", "search", "caption"])
@@ -160,12 +187,15 @@ def test_every_model_command_is_covered():
     assert with_model == ["caption", "classify", "embed", "index", "search"]
 
 
-def test_cli_precision_reaches_the_model(slap_model_folder, model, files, tmp_path, capsys):
+@pytest.mark.parametrize("precision, bound", [("bf16", 0.99), ("int8", 0.98)])
+def test_cli_precision_reaches_the_model(
+    slap_model_folder, model, files, tmp_path, capsys, precision, bound
+):
     out = tmp_path / "emb.npy"
     argv = ["embed", "--model", slap_model_folder, *files["good"][:3], "-o", out, "--quiet"]
-    assert cli.main([str(a) for a in [*argv, "--precision", "bf16"]]) == 0
+    assert cli.main([str(a) for a in [*argv, "--precision", precision]]) == 0
     capsys.readouterr()
-    bf16 = torch.from_numpy(np.load(out))
+    low = torch.from_numpy(np.load(out))
     fp32 = model.encode_files(files["good"][:3]).output
-    cosine = (bf16 * fp32).sum(-1)
-    assert not torch.equal(bf16, fp32) and bool((cosine > 0.99).all())
+    cosine = (low * fp32).sum(-1)
+    assert not torch.equal(low, fp32) and bool((cosine > bound).all()), cosine

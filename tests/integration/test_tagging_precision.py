@@ -44,4 +44,14 @@ def test_fp32_is_the_stock_classifier_and_bf16_stays_close(folder, tmp_path):
     by_run_opts = _load(TaggingClassifier, folder, tmp_path, run_opts={"precision": "bf16"})
     assert by_run_opts.precision == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
-        tagger.set_precision("int8")
+        tagger.set_precision("half")
+
+    # int8: the embedding model's linear layers (encoder and pooling) are int8 ones.
+    tagger.set_precision("int8")
+    assert not [m for m in tagger.mods.embedding_model.modules() if type(m) is torch.nn.Linear]
+    emb = tagger.encode_batch(wavs)[:, 0]
+    cosine = torch.nn.functional.cosine_similarity(emb, ref, dim=-1)
+    assert emb.dtype == torch.float32 and not torch.equal(emb, ref)
+    assert bool((cosine > 0.98).all()), cosine
+    tagger.set_precision("fp32")
+    torch.testing.assert_close(tagger.classify_batch(wavs)[0], stock, atol=0, rtol=0)
