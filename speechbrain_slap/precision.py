@@ -16,7 +16,7 @@ features, softmax temperatures and the returned embeddings are fp32.
   with int8 weights, one scale per output channel, and int8 activations
   quantized on the fly, one scale per call (``DynamicInt8Linear``); the rest
   (attention itself, norms, pooling, the text encoder and the decoder) stays
-  fp32. On CPUs with AVX-512 VNNI (or AVX-VNNI) these matmuls run about 3x
+  fp32. On CPUs with AVX-512 VNNI these matmuls run about 3x
   faster than fp32 ones. Embeddings are within cosine 0.98 of fp32 ones.
 
 Authors
@@ -92,9 +92,9 @@ def inference_context(name: str, device_type: str) -> TorchAutocast:
 def _int8_engine() -> str:
     """The quantized engine int8 weights are packed for: oneDNN where torch has it.
 
-    oneDNN's int8 matmuls use the CPU's VNNI instructions with full-range
-    activations; the packed weights keep their engine, so torch's process-wide
-    setting is changed only while packing.
+    oneDNN's int8 matmuls use the CPU's AVX-512 VNNI instructions, with
+    full-range (8-bit) inputs where the CPU has them; the packed weights keep
+    their engine, so torch's process-wide setting is changed only while packing.
     """
     engines = torch.backends.quantized.supported_engines
     return "onednn" if "onednn" in engines else torch.backends.quantized.engine
@@ -137,8 +137,9 @@ class DynamicInt8Linear(nn.Module):
             self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
         finally:
             torch.backends.quantized.engine = previous
-        # fbgemm needs 7-bit inputs on CPUs without VNNI to avoid saturating sums.
-        self.reduce_range = engine != "onednn"
+        # Without VNNI (or with fbgemm) the int8 kernels sum pairs of products in 16
+        # bits, which full-range inputs can saturate: inputs are then quantized to 7 bits.
+        self.reduce_range = engine != "onednn" or not torch.cpu._is_vnni_supported()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features)`` -> ``(..., out_features)`` fp32."""
