@@ -15,12 +15,16 @@ Writes ``ablation.json`` (every run) and ``ablation.md`` (mean and std over the
 seeds of t2a/a2t R@1, zero-shot accuracy and the frame probe) into
 ``--output``, and prints the table. Runs whose ``test_results.json`` exists are
 not repeated, and the calibration is kept, so an interrupted ablation (or
-one given more seeds) continues where it stopped::
+one given more seeds) continues where it stopped (an ablation with other
+train.py settings needs its own ``--output``)::
 
     python recipes/pretrain/ablation.py recipes/pretrain/hparams/pretrain_tiny_synth.yaml \\
         --seeds 1 2 3 --output results/ablation
 
-Other ``--key=value`` arguments are passed to every ``train.py`` run.
+Other ``--key=value`` arguments are passed to every ``train.py`` run, and those
+that set recipe yaml keys to the calibration too; e.g. ``--ssl_view=dual`` gives
+the SSL runs the paper's unmasked view for CLAP and captioning (the recipe's
+``shared`` view feeds them the masked one).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -63,16 +67,29 @@ def weights_override(weights: dict) -> str:
     return "{" + ", ".join(f"{key}: {value}" for key, value in weights.items()) + "}"
 
 
+def yaml_overrides(train_args: list[str], hparams: dict) -> list[str]:
+    """The ``--key=value`` train.py arguments that set keys of the recipe yaml, as ``key: value``.
+
+    The calibration times steps with them (``--ssl_view=dual`` changes what a step
+    costs); run options such as ``--device`` are not yaml keys and are left out.
+    """
+    pairs = (arg[2:].split("=", 1) for arg in train_args)
+    return [f"{key}: {value}" for key, value in pairs if key in hparams]
+
+
 def calibrate(args, config: str, data_folder: Path) -> dict:
     """Measured ms per training step and batches per epoch of one configuration."""
     target = Path(args.output) / "calibration" / f"{slug(config)}.json"
     if target.exists():  # an ablation continued in the same folder keeps its epochs
         return json.loads(target.read_text(encoding="utf-8"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    overrides = (
-        f"{{data_folder: {data_folder}, output_folder: {target.parent / slug(config)}, "
-        f"loss_weights: {weights_override(CONFIGS[config])}}}"
-    )
+    entries = [
+        f"data_folder: {data_folder}",
+        f"output_folder: {target.parent / slug(config)}",
+        f"loss_weights: {weights_override(CONFIGS[config])}",
+        *args.yaml_overrides,
+    ]
+    overrides = "{" + ", ".join(entries) + "}"
     command = [
         sys.executable,
         str(HERE / "diagnose.py"),
@@ -188,6 +205,7 @@ def main(argv=None):
         parser.error(f"unrecognized arguments {unknown}: train.py overrides are --key=value")
 
     hparams = load_hparams(args.hparams, args.output)
+    args.yaml_overrides = yaml_overrides(args.train_args, hparams)
     data_folder = Path(args.data_folder or hparams["data_folder"]).resolve()
     epochs_all = args.epochs or hparams["number_of_epochs"]
     os.makedirs(args.output, exist_ok=True)

@@ -81,3 +81,11 @@ def test_options_and_train_overrides_are_told_apart(ablation, monkeypatch):
     assert seen["train_args"] == ["--batch_seconds=60"]
     with pytest.raises(SystemExit):
         ablation.main(["x.yaml", "--nonsense", "1"])
+
+
+def test_yaml_overrides_reach_the_calibration_run_options_do_not(ablation):
+    """--ssl_view=dual changes what a step costs, so the calibration times it; --device is no
+    yaml key."""
+    hparams = {"ssl_view": "shared", "batch_seconds": 60}
+    args = ["--ssl_view=dual", "--device=cpu", "--batch_seconds=30", "--note=a=b"]
+    assert ablation.yaml_overrides(args, hparams) == ["ssl_view: dual", "batch_seconds: 30"]
