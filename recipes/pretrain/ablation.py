@@ -146,6 +146,11 @@ def run(args, config: str, seed: int, epochs: int, data_folder: Path) -> dict:
         wall = time.perf_counter() - start
         record_file.write_text(json.dumps({"wall_s": wall, "epochs": epochs}) + "\n")
     record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}
+    if record.get("epochs", epochs) != epochs:
+        raise SystemExit(
+            f"ablation: {record_file} ran {record['epochs']} epochs, this ablation gives "
+            f"{config} {epochs}: remove {folder} or use another --output"
+        )
     return {
         "config": config,
         "seed": seed,

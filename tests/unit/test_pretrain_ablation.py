@@ -89,3 +89,16 @@ def test_yaml_overrides_reach_the_calibration_run_options_do_not(ablation):
     hparams = {"ssl_view": "shared", "batch_seconds": 60}
     args = ["--ssl_view=dual", "--device=cpu", "--batch_seconds=30", "--note=a=b"]
     assert ablation.yaml_overrides(args, hparams) == ["ssl_view: dual", "batch_seconds: 30"]
+
+
+def test_a_kept_run_with_other_epochs_is_refused(ablation, tmp_path):
+    """A run folder kept from an ablation that gave other epochs is not reused silently."""
+    folder = tmp_path / "clap_only" / "1"
+    folder.mkdir(parents=True)
+    (folder / "test_results.json").write_text('{"t2a_R@1": 0.1}')
+    (folder / "ablation_run.json").write_text('{"wall_s": 60.0, "epochs": 1}')
+    args = type("Args", (), {"output": str(tmp_path), "hparams": "x.yaml", "train_args": []})
+    record = ablation.run(args, "CLAP only", 1, 1, tmp_path)
+    assert record["epochs"] == 1 and record["t2a_R@1"] == 0.1
+    with pytest.raises(SystemExit, match="ran 1 epochs, this ablation gives CLAP only 2"):
+        ablation.run(args, "CLAP only", 1, 2, tmp_path)
