@@ -35,7 +35,7 @@ smaller). The plan depends only on the manifest and these settings, so a second
 run writes the same shards.
 
 Resuming. Shards are written in parallel (one process per shard), each to
-``shard-XXXXXX.tar.tmp`` then renamed: a ``.tar`` is always complete. A rerun
+``shard-000123.tar.tmp`` (its six-digit number) then renamed: a ``.tar`` is always complete. A rerun
 keeps every complete shard (it is read, not rewritten) and rewrites the
 missing ones, replacing leftover ``.tmp`` files. ``shards.json`` is written at
 the start with ``"complete": false`` and the settings, and again at the end;
