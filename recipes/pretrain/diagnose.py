@@ -28,7 +28,12 @@ and the R@1 a retrieval that ranks those ties at random would score::
 ``zeroshot``: the recipe's zero-shot score (the first sound's type, one
 prompt per type) beside how often the predicted type is one of the clip's two
 types at all, for a trained recipe output: a model that finds the sounds but
-not which came first scores about half of the second::
+not which came first scores about half of the second. Two order-aware prompt
+sets are scored on the same clips: one prompt per type that says it comes
+first ("First the sound of a dog barking, then another sound."), and each
+type's prompt with every other type after it ("The sound of a dog barking,
+then the sound of a bell ringing.", the type's score the mean or the maximum
+of its prompts' similarities)::
 
     python recipes/pretrain/diagnose.py zeroshot results/pretrain_tiny_synth/1234 --split valid
 
@@ -279,23 +284,32 @@ def zeroshot(args) -> None:
         audio = torch.nn.functional.normalize(torch.cat(brain.eval_audio), dim=-1)
         prompts = list(hparams["zeroshot_prompts"])
         text = torch.nn.functional.normalize(brain._embed_texts(prompts), dim=-1)
-    predicted = (audio @ text.T).argmax(dim=1).tolist()
+        scores = {"one_sound_prompts": audio @ text.T}
+        # "The sound of a dog barking." -> "First the sound of a dog barking, then another sound."
+        first = [f"First {p[0].lower()}{p[1:-1]}, then another sound." for p in prompts]
+        first = torch.nn.functional.normalize(brain._embed_texts(first), dim=-1)
+        scores["first_then_prompts"] = audio @ first.T
+        # Each type followed by every other one; a type scores the mean or the max over them.
+        n = len(prompts)
+        pairs = [
+            f"{prompts[a][:-1]}, then {prompts[b][0].lower()}{prompts[b][1:]}"
+            for a in range(n)
+            for b in range(n)
+            if a != b
+        ]
+        pairs = torch.nn.functional.normalize(brain._embed_texts(pairs), dim=-1)
+        similarity = (audio @ pairs.T).view(len(audio), n, n - 1)
+        scores["pair_prompts_mean"] = similarity.mean(dim=2)
+        scores["pair_prompts_max"] = similarity.amax(dim=2)
     by_id = _scenes(Path(hparams[f"{args.split}_csv"]))
     groups = [[SOUND_TYPES.index(g[0]) for g in by_id[i]["groups"]] for i in ids]
-    print(
-        json.dumps(
-            {
-                "split": args.split,
-                "first_sound_accuracy": statistics.mean(
-                    int(p == g[0]) for p, g in zip(predicted, groups, strict=True)
-                ),
-                "prediction_among_clip_types": statistics.mean(
-                    int(p in g) for p, g in zip(predicted, groups, strict=True)
-                ),
-            },
-            indent=2,
-        )
-    )
+    report = {"split": args.split}
+    for name, score in scores.items():
+        predicted = score.argmax(dim=1).tolist()
+        matches = list(zip(predicted, groups, strict=True))
+        report[f"{name}_first_sound_accuracy"] = statistics.mean(int(p == g[0]) for p, g in matches)
+        report[f"{name}_among_clip_types"] = statistics.mean(int(p in g) for p, g in matches)
+    print(json.dumps(report, indent=2))
 
 
 def oracle(args) -> None:
