@@ -152,7 +152,8 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
         ``*_files`` methods): the memory bound.
     precision : str, optional
         ``fp32``, ``bf16``, ``fp16`` or ``int8`` (``speechbrain_slap.precision``;
-        ``int8`` quantizes the audio encoder's linear layers, CPU only); the
+        ``int8`` quantizes the linear layers of the audio encoder and its
+        pooling head, CPU only); the
         default is ``run_opts["precision"]``, itself ``fp32`` by default.
         ``set_precision`` changes it later.
 
@@ -165,7 +166,7 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
 
     HPARAMS_NEEDED = ["sample_rate", "max_duration", "window_hop"]
     MODULES_NEEDED = ["compute_features", "audio_encoder", "audio_pooling", "text_encoder"]
-    INT8_MODULES = ("audio_encoder",)
+    INT8_MODULES = ("audio_encoder", "audio_pooling")
 
     def __init__(self, *args, batch_seconds: float = 300.0, **kwargs):
         super().__init__(*args, **kwargs)

@@ -12,7 +12,9 @@ features, softmax temperatures and the returned embeddings are fp32.
   Embeddings are within cosine 0.99 of fp32 ones.
 * ``fp16`` is for CUDA GPUs; on a CPU, torch computes it in slow fallbacks.
 * ``int8`` is for CPUs: every linear layer of the audio encoder (the patch
-  embedding, attention and SwiGLU projections: nearly all of its time) runs
+  embedding, attention and SwiGLU projections: nearly all of its time) and of
+  the audio pooling head (with ``SLAP``; ``TaggingClassifier`` quantizes its
+  embedding model) runs
   with int8 weights, one scale per output channel, and int8 activations
   quantized on the fly, one scale per call (``DynamicInt8Linear``); the rest
   (attention itself, norms, pooling, the text encoder and the decoder) stays

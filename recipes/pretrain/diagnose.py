@@ -33,7 +33,11 @@ sets are scored on the same clips: one prompt per type that says it comes
 first ("First the sound of a dog barking, then another sound."), and each
 type's prompt with every other type after it ("The sound of a dog barking,
 then the sound of a bell ringing.", the type's score the mean or the maximum
-of its prompts' similarities)::
+of its prompts' similarities). ``caption_text`` scores the clips' own caption
+embeddings (each phrasing, text tower only) against the one-sound prompts: what
+an audio encoder whose embeddings equalled its captions' would score, the
+ceiling that training the audio side alone can reach under these prompts; and
+``one_sound_clips`` the recipe's score on the clips that hold one sound::
 
     python recipes/pretrain/diagnose.py zeroshot results/pretrain_tiny_synth/1234 --split valid
 
@@ -303,10 +307,21 @@ def zeroshot(args) -> None:
         similarity = (audio @ embed(pairs).T).view(len(audio), n, n - 1)
         scores["pair_prompts_mean"] = similarity.mean(dim=2)
         scores["pair_prompts_max"] = similarity.amax(dim=2)
+        # The captions' own text embeddings in place of the audio, one phrasing at a time.
+        one_sound = embed(prompts)
+        for k in range(min(len(c) for c in brain.eval_captions)):
+            captions = embed([c[k] for c in brain.eval_captions])
+            scores[f"caption_text_{k}"] = captions @ one_sound.T
     by_id = _scenes(Path(hparams[f"{args.split}_csv"]))
     groups = [[SOUND_TYPES.index(g[0]) for g in by_id[i]["groups"]] for i in ids]
     first_types = [g[0] for g in groups]
     report = {"split": args.split}
+    single = [len(set(g)) == 1 for g in groups]
+    if any(single):
+        score = scores["one_sound_prompts"][torch.tensor(single)]
+        labels = [t for t, s in zip(first_types, single, strict=True) if s]
+        report["one_sound_clips"] = sum(single)
+        report["one_sound_clips_accuracy"] = zero_shot_accuracy(score, labels)
     for name, score in scores.items():
         # The recipe's own metric for the label (the first sound's type).
         report[f"{name}_first_sound_accuracy"] = zero_shot_accuracy(score, first_types)
@@ -314,6 +329,8 @@ def zeroshot(args) -> None:
         report[f"{name}_among_clip_types"] = statistics.mean(
             int(p in g) for p, g in zip(predicted, groups, strict=True)
         )
+    phrasings = [k for k in report if k.startswith("caption_text_") and "first_sound" in k]
+    report["caption_text_first_sound_accuracy_mean"] = statistics.mean(report[k] for k in phrasings)
     print(json.dumps(report, indent=2))
 
 

@@ -203,12 +203,30 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
     return name
 
 
+class ForwardScratch:
+    """Buffers that every block of one forward reuses (eager CPU inference).
+
+    An attention layout lives for one forward of the encoder; buffers kept on it
+    are allocated once instead of once per block (on a CPU, a fresh buffer of
+    tens of MB costs its page faults each time).
+    """
+
+    def scratch(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised buffer of ``shape`` with ``like``'s dtype and device, kept by name."""
+        buffers = self.__dict__.setdefault("_scratch", {})
+        buffer = buffers.get(name)
+        shape = torch.Size(shape)
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype:
+            buffer = buffers[name] = like.new_empty(shape)
+        return buffer
+
+
 @functools.cache
 def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=True)
 
 
-class PackedAttention:
+class PackedAttention(ForwardScratch):
     """Attention over one packed batch; built once per forward, used by every block.
 
     It holds the layout (``cu_seqlens``, ``max_seqlen``, clip ids), the backend
@@ -443,6 +461,8 @@ class PackedAttention:
                 )
                 out[rows] = group.transpose(1, 2).reshape(-1, heads, head_dim)
             return out
+        if not torch.is_grad_enabled():
+            return self._blocked_windows(q, k, v, window)
         queries, keys, mask, real = self._band_layout(window)
         # (K, heads, n, head_dim) per block. Index -1 (past a clip's end) reads token 0:
         # the mask hides those keys and those queries' outputs are dropped.
@@ -452,8 +472,74 @@ class PackedAttention:
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return out.transpose(1, 2).reshape(-1, heads, head_dim)[real]
 
+    def _window_mask(self, window):
+        """The band mask of ``_blocked_windows``: ``(K, 1, window, 3 * window)``, K blocks.
 
-class PaddedAttention:
+        Query block ``b`` holds packed tokens ``b * window ..`` and its keys are
+        tokens ``(b - 1) * window .. (b + 2) * window``, which covers the band of
+        every query in the block; the rule masks the rest (other clips, beyond
+        the band). Rows before the first and past the last token get clip -1
+        and one far position, so a padding query attends to padding keys: its
+        softmax stays finite, its output unused.
+        """
+        key = ("windows", window)
+        if key not in self._cache:
+            device = self.cu_seqlens.device
+            n = self.clip_id.numel()
+            blocks = (n + window - 1) // window
+            rows = (blocks + 2) * window
+            row_clip = torch.full((rows,), -1, dtype=torch.long, device=device)
+            row_clip[window : window + n] = self.clip_id
+            row_index = torch.full((rows,), -(10**9), dtype=torch.long, device=device)
+            row_index[window : window + n] = torch.arange(n, device=device)
+            keys = (blocks, 3 * window)
+            mask = attention_allowed(
+                row_clip[window:-window].view(blocks, window, 1),
+                row_clip.as_strided(keys, (window, 1))[:, None, :],
+                row_index[window:-window].view(blocks, window, 1),
+                row_index.as_strided(keys, (window, 1))[:, None, :],
+                window,
+            )
+            self._cache[key] = mask[:, None]
+        return self._cache[key]
+
+    def _blocked_windows(self, q, k, v, window):
+        """Local blocks without gathering keys (inference): overlapping windows of one buffer.
+
+        Queries, keys and values are copied once, in packed order, into buffers
+        with ``window`` padding rows at each end (kept for the next block of
+        the forward; the padding stays zero); the keys of query block ``b`` are
+        rows ``(b - 1) * window .. (b + 2) * window`` of the packed order, a
+        strided view of the buffer, so no key is copied three times
+        (``_window_mask``). The same attention as the gathering path.
+        """
+        mask = self._window_mask(window)
+        blocks = mask.shape[0]
+        n, heads, head_dim = q.shape
+        shape = ((blocks + 2) * window, heads, head_dim)
+        buffers = self._cache.get(("window_buffers", window))
+        if buffers is None or buffers[0].dtype != q.dtype or buffers[0].shape != shape:
+            buffers = [q.new_zeros(shape) for _ in range(3)]
+            self._cache[("window_buffers", window)] = buffers
+        for buffer, x in zip(buffers, (q, k, v), strict=True):
+            buffer[window : window + n] = x
+        row = heads * head_dim
+        queries = buffers[0][window:-window].view(blocks, window, heads, head_dim)
+        keys, values = (
+            b.as_strided((blocks, 3 * window, heads, head_dim), (window * row, row, head_dim, 1))
+            for b in buffers[1:]
+        )
+        out = torch.nn.functional.scaled_dot_product_attention(
+            queries.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=mask,
+            scale=1.0 / math.sqrt(head_dim),
+        )  # (blocks, heads, window, head_dim)
+        return out.transpose(1, 2).reshape(blocks * window, heads, head_dim)[:n]
+
+
+class PaddedAttention(ForwardScratch):
     """Attention over clips padded to one length: dense SDPA masked by the rule.
 
     The baseline that pads and masks instead of packing (``packing: false``):

@@ -69,3 +69,16 @@ class AxialRoPE(torch.nn.Module):
         x1, x2 = x.float()[..., :half], x.float()[..., half:]
         rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
         return rotated.to(x.dtype)
+
+    @staticmethod
+    def rotate_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor):
+        """``rotate`` for fp32 inference: written into ``out``, no temporaries, no grad.
+
+        ``cos`` and ``sin`` must broadcast against ``x[..., :head_dim // 2]``.
+        """
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        out1, out2 = out[..., :half], out[..., half:]
+        torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=out2).addcmul_(x1, sin)
+        return out

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from speechbrain_slap.lobes.attention import LOCAL_WINDOW
-from speechbrain_slap.lobes.audio_encoder import SLAPAudioEncoder
+from speechbrain_slap.lobes.audio_encoder import CPU_INFERENCE_ROWS, SLAPAudioEncoder
 from speechbrain_slap.lobes.features import SLAPFbank
 from speechbrain_slap.lobes.pooling import MAPooling
 
@@ -221,6 +221,30 @@ def test_base_param_count(base_hparams):
     count = sum(p.numel() for p in base_hparams["audio_encoder"].parameters())
     assert 113.4e6 <= count <= 113.5e6
     assert count == encoder_param_count(768, 12, 3072)
+
+
+@pytest.mark.parametrize("backend", ["blocked", "sdpa"])
+def test_cpu_inference_rows_equal_the_autograd_path(backend):
+    """fp32 CPU inference runs each block in row blocks; it equals the autograd path.
+
+    Over two row blocks, clips that straddle them, local and global blocks;
+    the input is left as it was.
+    """
+    torch.manual_seed(0)
+    encoder = SLAPAudioEncoder(
+        embed_dim=64, depth=3, num_heads=4, mlp_hidden=96, attention_backend=backend
+    ).eval()
+    feats = torch.randn(3, 16 * 420, 64)  # 1680 tokens for the longest clip
+    lens = torch.tensor([1.0, 0.37, 0.81])
+    packed = encoder.patchify(feats, lens)
+    assert packed.tokens.shape[0] > CPU_INFERENCE_ROWS
+    tokens = packed.tokens.clone()
+    with torch.enable_grad():
+        expected = encoder.forward_packed(packed)
+    with torch.no_grad():
+        out = encoder.forward_packed(packed)
+    torch.testing.assert_close(out, expected.detach(), atol=1e-5, rtol=1e-5)
+    assert torch.equal(packed.tokens, tokens)
 
 
 def test_backward_gives_finite_grads(make_encoder):

@@ -110,3 +110,15 @@ def test_head_dim_must_be_multiple_of_four():
     """A head_dim that is not a multiple of 4 raises ValueError."""
     with pytest.raises(ValueError):
         AxialRoPE(18)
+
+
+def test_rotate_into_equals_rotate():
+    """The in-place inference rotation writes what ``rotate`` returns, into ``out``'s view."""
+    rope = AxialRoPE(HEAD_DIM)
+    x = torch.randn(50, 2, 3, HEAD_DIM)  # (tokens, q and k, heads, head_dim)
+    cos, sin = rope(torch.randint(0, 64, (50,)), torch.randint(0, 8, (50,)))
+    out = torch.zeros(50, 3, 3, HEAD_DIM)
+    returned = AxialRoPE.rotate_into(x, cos[:, None], sin[:, None], out=out[:, :2])
+    expected = torch.stack([rope.rotate(x[:, i], cos, sin) for i in range(2)], dim=1)
+    torch.testing.assert_close(out[:, :2], expected, atol=1e-6, rtol=1e-6)
+    assert returned.data_ptr() == out.data_ptr() and not out[:, 2].any()
