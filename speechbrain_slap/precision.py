@@ -31,6 +31,8 @@ import torch
 from speechbrain.utils.autocast import TorchAutocast
 from torch import nn
 
+from speechbrain_slap.lobes.audio_encoder import enable_inference_layout
+
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # The autocast dtype of each precision; int8 keeps fp32 activations between its int8 matmuls.
 DTYPES = {
@@ -191,7 +193,8 @@ class InferencePrecision:
     SpeechBrain's own ``Pretrained`` knows only the three autocast names).
     Under ``int8`` the modules named in ``INT8_MODULES`` are replaced in
     ``self.mods`` by their ``int8_copy`` (made once, kept); any other precision
-    puts the fp32 modules back.
+    puts the fp32 modules back. Every SLAP audio encoder of the interface runs
+    its inference layout (``SLAPAudioEncoder.inference_layout``).
 
     Arguments
     ---------
@@ -210,6 +213,7 @@ class InferencePrecision:
             kwargs["run_opts"] = run_opts
             precision = "int8" if precision is None else precision
         super().__init__(*args, **kwargs)
+        enable_inference_layout(self.mods)
         self._fp32_modules, self._int8_modules = {}, {}
         self.set_precision(self.precision if precision is None else precision)
 

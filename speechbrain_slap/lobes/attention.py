@@ -208,8 +208,11 @@ class ForwardScratch:
 
     An attention layout lives for one forward of the encoder; buffers kept on it
     are allocated once instead of once per block (on a CPU, a fresh buffer of
-    tens of MB costs its page faults each time).
+    tens of MB costs its page faults each time). ``inference`` is True when the
+    encoder runs its inference layout (``SLAPAudioEncoder.inference_layout``).
     """
+
+    inference = False
 
     def scratch(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised buffer of ``shape`` with ``like``'s dtype and device, kept by name."""
@@ -461,7 +464,7 @@ class PackedAttention(ForwardScratch):
                 )
                 out[rows] = group.transpose(1, 2).reshape(-1, heads, head_dim)
             return out
-        if not torch.is_grad_enabled():
+        if self.inference:
             return self._blocked_windows(q, k, v, window)
         queries, keys, mask, real = self._band_layout(window)
         # (K, heads, n, head_dim) per block. Index -1 (past a clip's end) reads token 0:

@@ -136,7 +136,7 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x, cos, sin, attend: PackedAttention):
         """``(N, dim)`` -> ``(N, dim)``."""
-        if eager_cpu_inference(x) and x.dtype == torch.float32:
+        if attend.inference and x.dtype == torch.float32:
             return self._forward_rows(x, cos, sin, attend)
         x = x + self.attn(self.norm1(x), cos, sin, attend)
         return x + self.mlp(self.norm2(x))
@@ -168,6 +168,13 @@ class EncoderBlock(nn.Module):
         return out
 
 
+def enable_inference_layout(module: nn.Module) -> None:
+    """Sets ``inference_layout`` on every ``SLAPAudioEncoder`` in ``module`` (interfaces)."""
+    for child in module.modules():
+        if isinstance(child, SLAPAudioEncoder):
+            child.inference_layout = True
+
+
 class SLAPAudioEncoder(nn.Module):
     """The SLAP audio encoder, for packed variable-duration audio.
 
@@ -196,6 +203,14 @@ class SLAPAudioEncoder(nn.Module):
         RoPE frequency base.
     norm_eps : float
         RMSNorm epsilon.
+
+    The attribute ``inference_layout`` (False; the ``SLAP`` and tagging
+    interfaces set it, ``enable_inference_layout``) makes eager CPU forwards
+    without autograd run the inference layout: fp32 blocks work on rows in
+    blocks of ``CPU_INFERENCE_ROWS`` that share one query/key/value buffer, and
+    ``blocked`` local attention reads its keys from overlapping windows. The
+    same numbers up to float rounding, faster; training, its no-grad teacher
+    and evaluation passes keep the plain layout, so a run reproduces exactly.
 
     Example
     -------
@@ -246,6 +261,7 @@ class SLAPAudioEncoder(nn.Module):
             for i in range(depth)
         )
         self.norm = RMSNorm(embed_dim, eps=norm_eps)
+        self.inference_layout = False
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -369,6 +385,7 @@ class SLAPAudioEncoder(nn.Module):
             )
         else:
             attend = PaddedAttention(valid)
+        attend.inference = self.inference_layout and eager_cpu_inference(x)
         attend.prepare({block.attn.window for block in self.blocks})
         for block in self.blocks:
             x = block(x, cos, sin, attend)

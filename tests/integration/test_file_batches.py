@@ -62,6 +62,18 @@ def test_encode_files_equals_encode_file_one_by_one(model, files):
         torch.testing.assert_close(row, model.encode_file(path), atol=1e-5, rtol=0)
 
 
+def test_interfaces_run_the_inference_layout_with_the_plain_layouts_numbers(model, files):
+    encoder = model.mods.audio_encoder
+    assert encoder.inference_layout
+    fast = model.encode_files(files["good"]).output
+    encoder.inference_layout = False
+    try:
+        plain = model.encode_files(files["good"]).output
+    finally:
+        encoder.inference_layout = True
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+
+
 def test_unreadable_files_are_reported_and_the_others_keep_their_order(model, files, caplog):
     good = files["good"]
     paths = [good[0], files["missing"], good[1], files["text"], good[2]]
@@ -135,6 +147,7 @@ def test_int8_is_within_cosine_0_98_of_fp32_and_switches_back(slap_model_folder,
     fp32_encoder = loaded._fp32_modules["audio_encoder"]
     linears = [m for m in loaded.mods.audio_encoder.modules() if type(m) is torch.nn.Linear]
     assert not linears  # every linear layer of the audio encoder is an int8 one
+    assert not [m for m in loaded.mods.audio_pooling.modules() if type(m) is torch.nn.Linear]
     assert sum(isinstance(m, DynamicInt8Linear) for m in loaded.mods.audio_encoder.modules()) > 0
     fp32 = model.encode_files(files["good"]).output
     int8 = loaded.encode_files(files["good"]).output

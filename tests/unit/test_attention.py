@@ -137,22 +137,25 @@ def test_blocked_matches_manual_reference_forward_and_backward(seqlens, window):
     [*BACKEND_CASES, ([48, 49, 96, 97, 1], LOCAL_WINDOW), ([7, 7, 30, 7], 2), ([1], 3)],
 )
 def test_blocked_inference_windows_match_reference(seqlens, window):
-    """Without autograd, local blocks read their keys from overlapping windows of one buffer.
+    """In the inference layout, local blocks read their keys from overlapping windows.
 
     The same attention as the hand reference and as the gathering path, and the
     buffers kept for the next block of the forward give the right answer again
     for other inputs (their padding rows stay zero).
     """
     n, heads, head_dim = sum(seqlens), 3, 16
-    attend = PackedAttention(cu_seqlens_of(seqlens), max(seqlens), "blocked")
+    cu = cu_seqlens_of(seqlens)
+    attend = PackedAttention(cu, max(seqlens), "blocked")
+    attend.inference = True  # what SLAPAudioEncoder sets in its inference layout
     for _ in range(2):
         q, k, v = torch.randn(3, n, heads, head_dim).unbind(0)
         with torch.no_grad():
             out = attend(q, k, v, window)
+            gathered = PackedAttention(cu, max(seqlens), "blocked")(q, k, v, window)
         torch.testing.assert_close(
             out, reference_attention(q, k, v, seqlens, window), atol=1e-5, rtol=1e-5
         )
-        torch.testing.assert_close(out, attend(q, k, v, window), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out, gathered, atol=1e-6, rtol=1e-6)
     if window is not None:
         for buffer in attend._cache[("window_buffers", window)]:
             assert not buffer[:window].any() and not buffer[window + n :].any()

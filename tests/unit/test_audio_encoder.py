@@ -5,7 +5,12 @@ import torch
 from torch import nn
 
 from speechbrain_slap.lobes.attention import LOCAL_WINDOW
-from speechbrain_slap.lobes.audio_encoder import CPU_INFERENCE_ROWS, SLAPAudioEncoder
+from speechbrain_slap.lobes.audio_encoder import (
+    CPU_INFERENCE_ROWS,
+    EncoderBlock,
+    SLAPAudioEncoder,
+    enable_inference_layout,
+)
 from speechbrain_slap.lobes.features import SLAPFbank
 from speechbrain_slap.lobes.pooling import MAPooling
 
@@ -224,16 +229,24 @@ def test_base_param_count(base_hparams):
 
 
 @pytest.mark.parametrize("backend", ["blocked", "sdpa"])
-def test_cpu_inference_rows_equal_the_autograd_path(backend):
-    """fp32 CPU inference runs each block in row blocks; it equals the autograd path.
+def test_cpu_inference_rows_equal_the_autograd_path(backend, monkeypatch):
+    """The inference layout runs each block in row blocks; it equals the autograd path.
 
     Over two row blocks, clips that straddle them, local and global blocks;
-    the input is left as it was.
+    the input is left as it was. Without the flag a no-grad forward keeps the
+    plain layout (the training's teacher and evaluation passes).
     """
     torch.manual_seed(0)
     encoder = SLAPAudioEncoder(
         embed_dim=64, depth=3, num_heads=4, mlp_hidden=96, attention_backend=backend
     ).eval()
+    calls, rows_forward = [], EncoderBlock._forward_rows
+
+    def counted(block, *args):
+        calls.append(block)
+        return rows_forward(block, *args)
+
+    monkeypatch.setattr(EncoderBlock, "_forward_rows", counted)
     feats = torch.randn(3, 16 * 420, 64)  # 1680 tokens for the longest clip
     lens = torch.tensor([1.0, 0.37, 0.81])
     packed = encoder.patchify(feats, lens)
@@ -242,8 +255,13 @@ def test_cpu_inference_rows_equal_the_autograd_path(backend):
     with torch.enable_grad():
         expected = encoder.forward_packed(packed)
     with torch.no_grad():
+        plain = encoder.forward_packed(packed)
+        assert not calls
+        enable_inference_layout(encoder)
         out = encoder.forward_packed(packed)
+    assert len(calls) == len(encoder.blocks)
     torch.testing.assert_close(out, expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain, expected.detach(), atol=1e-5, rtol=1e-5)
     assert torch.equal(packed.tokens, tokens)
 
 
