@@ -13,13 +13,13 @@ features, softmax temperatures and the returned embeddings are fp32.
 * ``fp16`` is for CUDA GPUs; on a CPU, torch computes it in slow fallbacks.
 * ``int8`` is for CPUs: every linear layer of the audio encoder (the patch
   embedding, attention and SwiGLU projections: nearly all of its time) and of
-  the audio pooling head (with ``SLAP``; ``TaggingClassifier`` quantizes its
-  embedding model) runs
-  with int8 weights, one scale per output channel, and int8 activations
-  quantized on the fly, one scale per call (``DynamicInt8Linear``); the rest
-  (attention itself, norms, pooling, the text encoder and the decoder) stays
-  fp32. On CPUs with AVX-512 VNNI these matmuls run about 3x
-  faster than fp32 ones. Embeddings are within cosine 0.98 of fp32 ones.
+  its pooling head (``SLAP``; ``TaggingClassifier`` quantizes its embedding
+  model) runs with int8 weights, one scale per output channel, and int8
+  activations quantized on the fly, one scale per call
+  (``DynamicInt8Linear``); the rest (attention itself, norms, the pooling's
+  softmax, the text encoder and the decoder) stays fp32. On CPUs with
+  AVX-512 VNNI these matmuls run about 3x faster than fp32 ones. Embeddings
+  are within cosine 0.98 of fp32 ones.
 
 Authors
  * speechbrain-slap contributors 2026
