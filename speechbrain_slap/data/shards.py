@@ -45,7 +45,10 @@ two plans in one folder.
 Rows the manifest check rejects (``speechbrain_slap.data.manifest.check_manifest``:
 no caption, a bad duration, ...) and rows whose audio cannot be read, is empty, or holds NaN or
 Inf samples are skipped; each is named in the log and in the index
-(``skipped``, with the reason).
+(``skipped``, with the reason). Float audio beyond full scale (``|x| > 1``,
+which a float WAV can hold) is clipped to 16 bits; each clip that lost samples
+that way is named in the log and in the index (``clipped``: the count and the
+peak), and its JSON member has ``clipped_samples``.
 
 Authors
  * speechbrain-slap contributors 2026
@@ -206,12 +209,26 @@ def sample_key(row_index: int) -> str:
 def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
     """Float audio in [-1, 1] to int16, the inverse of soundfile's ``int / 32768``.
 
+    Samples beyond full scale are clipped (``clipped_samples`` counts them).
+
     Example
     -------
     >>> quantize_pcm16(np.array([0.5, -1.0, 2.0], dtype=np.float32))
     array([ 16384, -32768,  32767], dtype=int16)
     """
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def clipped_samples(audio: np.ndarray) -> int:
+    """How many samples ``quantize_pcm16`` clips (beyond int16 full scale).
+
+    Example
+    -------
+    >>> clipped_samples(np.array([0.5, -1.0, 2.0, -1.5], dtype=np.float32))
+    2
+    """
+    scaled = np.round(audio * 32768.0)
+    return int(np.count_nonzero((scaled > 32767) | (scaled < -32768)))
 
 
 def duration_bins(durations: Sequence[float]) -> dict[str, list]:
@@ -257,8 +274,12 @@ def _shard_writer(path: Path):
     )
 
 
-def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float]:
-    """(json bytes, flac bytes, seconds) of one row; raises ValueError if unusable."""
+def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float, dict | None]:
+    """(json bytes, flac bytes, seconds, clipping) of one row; raises ValueError if unusable.
+
+    ``clipping`` is None, or ``{"id", "wav", "samples", "of", "peak"}`` when samples
+    beyond full scale were clipped to 16 bits.
+    """
     # Imported here: `slap shards --help` imports this module and must not import torch.
     from speechbrain_slap.data.audio import load_audio
 
@@ -272,7 +293,18 @@ def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float]:
     seconds = audio.size / sample_rate
     extra = {k: v for k, v in row.items() if k not in ("ID", "duration", "captions")}
     meta = {"captions": captions, "duration": seconds, "source_id": row["ID"], **extra}
-    return json.dumps(meta, ensure_ascii=False).encode("utf-8"), flac.getvalue(), seconds
+    clipping, clipped = None, clipped_samples(audio)
+    if clipped:
+        meta["clipped_samples"] = clipped
+        peak = round(float(np.abs(audio).max()), 4)
+        clipping = {"id": row["ID"], "wav": row["wav"], "samples": clipped, "of": audio.size}
+        clipping["peak"] = peak
+    return (
+        json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+        flac.getvalue(),
+        seconds,
+        clipping,
+    )
 
 
 def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sample_rate: int):
@@ -291,7 +323,8 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
     -------
     dict
         ``{"name", "samples", "seconds", "bytes", "duration_bins" (see
-        ``duration_bins``), "skipped": [{"id", "wav", "reason"}]}``.
+        ``duration_bins``), "skipped": [{"id", "wav", "reason"}], "clipped":
+        [{"id", "wav", "samples", "of", "peak"}]}``.
 
     Example
     -------
@@ -299,17 +332,17 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
     >>> soundfile.write(folder / "a.wav", np.zeros(1600, dtype="int16"), 16000)
     >>> row = {"ID": "a", "duration": 0.1, "wav": str(folder / "a.wav"), "captions": "Silence."}
     >>> stats = write_shard(folder / "shard-000000.tar", [(0, row)], 16000)
-    >>> stats["samples"], stats["seconds"], stats["skipped"]
-    (1, 0.1, [])
+    >>> stats["samples"], stats["seconds"], stats["skipped"], stats["clipped"]
+    (1, 0.1, [], [])
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    skipped, durations = [], []
+    skipped, clipped, durations = [], [], []
     with _shard_writer(tmp) as sink:
         for index, row in rows:
             key = sample_key(index)
             try:
-                meta, flac, duration = _sample_members(row, sample_rate)
+                meta, flac, duration, clipping = _sample_members(row, sample_rate)
             except Exception as err:  # any unreadable row is skipped, not fatal
                 reason = f"{type(err).__name__}: {err}"
                 skipped.append({"id": row["ID"], "wav": row["wav"], "reason": reason})
@@ -320,8 +353,10 @@ def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sampl
             sink.write({"__key__": key, "json": meta})
             sink.write({"__key__": key, "flac": flac})
             durations.append(duration)
+            if clipping is not None:
+                clipped.append(clipping)
     os.replace(tmp, path)
-    return _shard_stats(path, durations, skipped)
+    return _shard_stats(path, durations, skipped, clipped)
 
 
 def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dict:
@@ -340,22 +375,30 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
     'skipped when the shard was written'
     """
     path = Path(path)
-    keys, durations = set(), []
+    keys, durations, clipped = set(), [], []
     with tarfile.open(path, "r") as tar:
         for member in tar:
             if member.name.endswith(".json"):
                 meta = json.loads(tar.extractfile(member).read())
                 durations.append(float(meta["duration"]))
                 keys.add(member.name.split(".", 1)[0])
+                if meta.get("clipped_samples"):
+                    clipped.append(
+                        {
+                            "id": meta["source_id"],
+                            "wav": meta.get("wav"),
+                            "samples": int(meta["clipped_samples"]),
+                        }
+                    )
     skipped = [
         {"id": row["ID"], "wav": row["wav"], "reason": "skipped when the shard was written"}
         for index, row in rows
         if sample_key(index) not in keys
     ]
-    return _shard_stats(path, durations, skipped)
+    return _shard_stats(path, durations, skipped, clipped)
 
 
-def _shard_stats(path: Path, durations: list[float], skipped: list[dict]) -> dict:
+def _shard_stats(path: Path, durations: list[float], skipped: list[dict], clipped: list[dict]):
     """A shard's index entry (``write_shard``'s return value)."""
     return {
         "name": path.name,
@@ -364,6 +407,7 @@ def _shard_stats(path: Path, durations: list[float], skipped: list[dict]) -> dic
         "bytes": path.stat().st_size,
         "duration_bins": duration_bins(durations),
         "skipped": skipped,
+        "clipped": clipped,
     }
 
 
@@ -509,23 +553,35 @@ def write_shards(
     skipped = rejected + [item for stats in shards for item in stats.pop("skipped")]
     for item in skipped:
         logger.warning("skipped %s (%s): %s", item["id"], item["wav"], item["reason"])
+    clipped = [item for stats in shards for item in stats.pop("clipped")]
+    for item in clipped:
+        logger.warning(
+            "clipped %s (%s): %d samples beyond full scale stored as int16 full scale%s",
+            item["id"],
+            item["wav"],
+            item["samples"],
+            f" (of {item['of']}, peak {item['peak']})" if "peak" in item else "",
+        )
     index.update(
         complete=True,
         num_shards=len(shards),
         num_samples=sum(s["samples"] for s in shards),
         total_seconds=round(sum(s["seconds"] for s in shards), 3),
         num_skipped=len(skipped),
+        num_clipped=len(clipped),
         shards=shards,
         skipped=skipped,
+        clipped=clipped,
     )
     write_json(index_path, index, indent=1)
     logger.info(
-        "%d shards, %d clips, %.1f h of audio in %s; %d rows skipped",
+        "%d shards, %d clips, %.1f h of audio in %s; %d rows skipped, %d clipped",
         len(shards),
         index["num_samples"],
         index["total_seconds"] / 3600,
         out_dir,
         len(skipped),
+        len(clipped),
     )
     return index
 
@@ -601,8 +657,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"{index['num_shards']} shards, {index['num_samples']} clips, "
-        f"{index['total_seconds'] / 3600:.2f} h of audio, {index['num_skipped']} rows skipped "
-        f"-> {Path(args.out_dir) / INDEX_NAME}"
+        f"{index['total_seconds'] / 3600:.2f} h of audio, {index['num_skipped']} rows skipped, "
+        f"{index['num_clipped']} clipped -> {Path(args.out_dir) / INDEX_NAME}"
     )
     return 0
 

@@ -130,6 +130,37 @@ def test_float_stereo_and_other_rates_are_mixed_resampled_and_quantised(tmp_path
     assert len(high[0]) == 16000 and int(spectrum.argmax()) == 1000  # 1 Hz bins
 
 
+def test_float_audio_beyond_full_scale_is_clipped_counted_and_named(tmp_path, caplog):
+    """Float samples beyond +-1 are stored at int16 full scale; the clip is named, not hidden."""
+    loud = np.full(1600, 0.25, dtype=np.float32)
+    loud[[10, 20, 30]] = [1.5, -2.0, 1.0 + 1e-6]  # 1 + 1e-6 rounds to 32768: clipped too
+    soundfile.write(tmp_path / "loud.wav", loud, 16000, subtype="FLOAT")
+    quiet = np.full(1600, 0.25, dtype=np.float32)
+    soundfile.write(tmp_path / "quiet.wav", quiet, 16000, subtype="FLOAT")
+    manifest = _write_manifest(
+        tmp_path / "m.csv",
+        [
+            {"ID": "loud", "duration": 0.1, "wav": str(tmp_path / "loud.wav"), "captions": "A"},
+            {"ID": "quiet", "duration": 0.1, "wav": str(tmp_path / "quiet.wav"), "captions": "B"},
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="speechbrain_slap.data.shards"):
+        index = write_shards(manifest, tmp_path / "out", shuffle_seed=None, progress=False)
+    assert index["num_clipped"] == 1 and index["num_samples"] == 2
+    assert index["clipped"] == [
+        {"id": "loud", "wav": str(tmp_path / "loud.wav"), "samples": 3, "of": 1600, "peak": 2.0}
+    ]
+    assert "clipped loud" in caplog.text and "3 samples beyond full scale" in caplog.text
+    with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
+        stored = soundfile.read(io.BytesIO(tar.extractfile("000000000.flac").read()), dtype="int16")
+        meta = json.loads(tar.extractfile("000000000.json").read())
+    assert stored[0][[10, 20, 30]].tolist() == [32767, -32768, 32767]
+    assert meta["clipped_samples"] == 3
+    # A rerun reads the complete shard back and still names the clip.
+    again = write_shards(manifest, tmp_path / "out", shuffle_seed=None, progress=False)
+    assert again["num_clipped"] == 1 and again["clipped"][0]["samples"] == 3
+
+
 def test_rerun_keeps_complete_shards_and_replaces_partial_ones(corpus, tmp_path):
     """A complete shard is not rewritten (mtime), a missing one is rewritten identically and
     a leftover temporary file is replaced."""
