@@ -43,6 +43,7 @@ Authors
 """
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -95,7 +96,6 @@ class HTSATTower:
 
         torch.manual_seed(0)
         self.model = ClapAudioModelWithProjection(ClapAudioConfig()).eval()
-        self.int8_model = int8_copy(self.model)  # its linear layers; convolutions stay fp32
         self.params = sum(p.numel() for p in self.model.audio_model.parameters())
         extractor = ClapFeatureExtractor()
         windows, self.owner = [], []
@@ -115,6 +115,11 @@ class HTSATTower:
             )
             self.batches.append(features["input_features"])
         self.n_windows = len(windows)
+
+    @functools.cached_property
+    def int8_model(self):
+        """Its int8 copy, made when int8 is first timed: linear layers; convolutions stay fp32."""
+        return int8_copy(self.model)
 
     @torch.no_grad()
     def encode(self, precision: str) -> torch.Tensor:
