@@ -48,7 +48,7 @@ Inf samples are skipped; each is named in the log and in the index
 (``skipped``, with the reason). Float audio beyond full scale (``|x| > 1``,
 which a float WAV can hold) is clipped to 16 bits; each clip that lost samples
 that way is named in the log and in the index (``clipped``: the count and the
-peak), and its JSON member has ``clipped_samples``.
+peak), as in its JSON member (``pcm16_clipped``).
 
 Authors
  * speechbrain-slap contributors 2026
@@ -79,6 +79,8 @@ logger = logging.getLogger(__name__)
 
 INDEX_NAME = "shards.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
+# Key of the clipping record in a sample's JSON (named so that no manifest column clashes).
+CLIPPED_KEY = "pcm16_clipped"
 INDEX_VERSION = 1
 # A tar member costs a 512-byte header and is padded to 512 bytes; with the
 # JSON, a sample costs about this much on top of its audio.
@@ -295,16 +297,20 @@ def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float, d
     meta = {"captions": captions, "duration": seconds, "source_id": row["ID"], **extra}
     clipping, clipped = None, clipped_samples(audio)
     if clipped:
-        meta["clipped_samples"] = clipped
         peak = round(float(np.abs(audio).max()), 4)
-        clipping = {"id": row["ID"], "wav": row["wav"], "samples": clipped, "of": audio.size}
-        clipping["peak"] = peak
+        meta[CLIPPED_KEY] = {"samples": clipped, "of": audio.size, "peak": peak}
+        clipping = _clipping_entry(meta)
     return (
         json.dumps(meta, ensure_ascii=False).encode("utf-8"),
         flac.getvalue(),
         seconds,
         clipping,
     )
+
+
+def _clipping_entry(meta: dict) -> dict:
+    """The index's ``clipped`` entry of a sample from its JSON member."""
+    return {"id": meta["source_id"], "wav": meta.get("wav"), **meta[CLIPPED_KEY]}
 
 
 def write_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]], sample_rate: int):
@@ -382,14 +388,8 @@ def scan_shard(path: str | os.PathLike, rows: Sequence[tuple[int, dict]]) -> dic
                 meta = json.loads(tar.extractfile(member).read())
                 durations.append(float(meta["duration"]))
                 keys.add(member.name.split(".", 1)[0])
-                if meta.get("clipped_samples"):
-                    clipped.append(
-                        {
-                            "id": meta["source_id"],
-                            "wav": meta.get("wav"),
-                            "samples": int(meta["clipped_samples"]),
-                        }
-                    )
+                if CLIPPED_KEY in meta:
+                    clipped.append(_clipping_entry(meta))
     skipped = [
         {"id": row["ID"], "wav": row["wav"], "reason": "skipped when the shard was written"}
         for index, row in rows
@@ -556,11 +556,13 @@ def write_shards(
     clipped = [item for stats in shards for item in stats.pop("clipped")]
     for item in clipped:
         logger.warning(
-            "clipped %s (%s): %d samples beyond full scale stored as int16 full scale%s",
+            "clipped %s (%s): %d of %d samples beyond full scale (peak %s) stored at int16 "
+            "full scale",
             item["id"],
             item["wav"],
             item["samples"],
-            f" (of {item['of']}, peak {item['peak']})" if "peak" in item else "",
+            item["of"],
+            item["peak"],
         )
     index.update(
         complete=True,

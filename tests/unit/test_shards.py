@@ -150,15 +150,15 @@ def test_float_audio_beyond_full_scale_is_clipped_counted_and_named(tmp_path, ca
     assert index["clipped"] == [
         {"id": "loud", "wav": str(tmp_path / "loud.wav"), "samples": 3, "of": 1600, "peak": 2.0}
     ]
-    assert "clipped loud" in caplog.text and "3 samples beyond full scale" in caplog.text
+    assert "clipped loud" in caplog.text and "3 of 1600 samples beyond full scale" in caplog.text
     with tarfile.open(tmp_path / "out" / "shard-000000.tar") as tar:
         stored = soundfile.read(io.BytesIO(tar.extractfile("000000000.flac").read()), dtype="int16")
         meta = json.loads(tar.extractfile("000000000.json").read())
     assert stored[0][[10, 20, 30]].tolist() == [32767, -32768, 32767]
-    assert meta["clipped_samples"] == 3
+    assert meta["pcm16_clipped"] == {"samples": 3, "of": 1600, "peak": 2.0}
     # A rerun reads the complete shard back and still names the clip.
     again = write_shards(manifest, tmp_path / "out", shuffle_seed=None, progress=False)
-    assert again["num_clipped"] == 1 and again["clipped"][0]["samples"] == 3
+    assert again["num_clipped"] == 1 and again["clipped"] == index["clipped"]
 
 
 def test_rerun_keeps_complete_shards_and_replaces_partial_ones(corpus, tmp_path):
