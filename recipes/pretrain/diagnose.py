@@ -33,11 +33,16 @@ sets are scored on the same clips: one prompt per type that says it comes
 first ("First the sound of a dog barking, then another sound."), and each
 type's prompt with every other type after it ("The sound of a dog barking,
 then the sound of a bell ringing.", the type's score the mean or the maximum
-of its prompts' similarities). ``caption_text`` scores the clips' own caption
-embeddings (each phrasing, text tower only) against the one-sound prompts: what
-an audio encoder whose embeddings equalled its captions' would score, the
-ceiling that training the audio side alone can reach under these prompts; and
-``one_sound_clips`` the recipe's score on the clips that hold one sound::
+of its prompts' similarities); two stages (the two best one-sound prompts'
+types, then the better of their two ordered pair prompts); and prompt
+ensembles from the corpus's caption generator (``caption_ensemble``: a type
+is the mean embedding of every caption whose first sound it is;
+``one_sound_caption_ensemble``: of the one-sound ones). ``caption_text``
+scores the clips' own caption embeddings (each phrasing, text tower only)
+against the one-sound prompts: what an audio encoder whose embeddings equalled
+its captions' would score, the ceiling that training the audio side alone can
+reach under these prompts; and ``one_sound_clips`` the recipe's score on the
+clips that hold one sound::
 
     python recipes/pretrain/diagnose.py zeroshot results/pretrain_tiny_synth/1234 --split valid
 
@@ -59,6 +64,7 @@ Authors
 import argparse
 import collections
 import csv
+import itertools
 import json
 import statistics
 import sys
@@ -279,6 +285,38 @@ def attributes(args) -> None:
     print(json.dumps({"split": args.split, **result}, indent=2))
 
 
+def _first_sound_ensemble(embed, sound_type: str, followers: bool) -> torch.Tensor:
+    """The normalised mean embedding of generated captions that start with ``sound_type``.
+
+    Every pitch, loudness and count of the first sound; with ``followers``,
+    also that sound followed by each other type (its attributes cycling).
+    """
+    from speechbrain_slap.data.synthetic import (
+        COUNTS,
+        LOUDNESSES,
+        PITCHES,
+        SOUND_TYPES,
+        EventGroup,
+        Scene,
+        scene_captions,
+    )
+
+    attributes = list(itertools.product(PITCHES, LOUDNESSES, COUNTS))
+    others = [t for t in SOUND_TYPES if t != sound_type]
+    captions = []
+    for i, (pitch, loudness, count) in enumerate(attributes):
+        first = EventGroup(sound_type, pitch, loudness, count)
+        scenes = [(first,)]
+        if followers:
+            scenes += [
+                (first, EventGroup(other, *attributes[(i + j + 1) % len(attributes)]))
+                for j, other in enumerate(others)
+            ]
+        for groups in scenes:
+            captions += scene_captions(Scene(groups, duration=4.0, background=False))
+    return torch.nn.functional.normalize(embed(captions).mean(0), dim=0)
+
+
 def zeroshot(args) -> None:
     """Prints first-sound zero-shot accuracy and the share of predictions among the clip's types."""
     from speechbrain_slap.data.synthetic import SOUND_TYPES
@@ -307,6 +345,26 @@ def zeroshot(args) -> None:
         similarity = (audio @ embed(pairs).T).view(len(audio), n, n - 1)
         scores["pair_prompts_mean"] = similarity.mean(dim=2)
         scores["pair_prompts_max"] = similarity.amax(dim=2)
+        # Two stages: the two types of the best one-sound prompts, then the better of
+        # their two ordered pair prompts names the first (a one-hot score).
+        pair_index = {
+            (a, b): a * (n - 1) + b - (b > a) for a in range(n) for b in range(n) if a != b
+        }
+        flat = similarity.flatten(1)
+        top = scores["one_sound_prompts"].topk(2, dim=1).indices.tolist()
+        chosen = [
+            a if flat[i, pair_index[a, b]] >= flat[i, pair_index[b, a]] else b
+            for i, (a, b) in enumerate(top)
+        ]
+        scores["two_stage_pair_prompts"] = torch.nn.functional.one_hot(torch.tensor(chosen), n)
+        # Prompt ensembles from the corpus's own caption generator: a type's embedding is
+        # the mean of every caption whose first sound is that type (one sound, or
+        # followed by each other type), or of the one-sound captions only.
+        for name, followers in (("caption_ensemble", True), ("one_sound_caption_ensemble", False)):
+            scores[name] = (
+                audio
+                @ torch.stack([_first_sound_ensemble(embed, t, followers) for t in SOUND_TYPES]).T
+            )
         # The captions' own text embeddings in place of the audio, one phrasing at a time.
         one_sound = embed(prompts)
         for k in range(min(len(c) for c in brain.eval_captions)):
