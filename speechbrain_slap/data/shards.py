@@ -208,29 +208,19 @@ def sample_key(row_index: int) -> str:
     return f"{row_index:09d}"
 
 
-def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
+def quantize_pcm16(audio: np.ndarray) -> tuple[np.ndarray, int]:
     """Float audio in [-1, 1] to int16, the inverse of soundfile's ``int / 32768``.
 
-    Samples beyond full scale are clipped (``clipped_samples`` counts them).
+    Returns the int16 samples and how many were beyond full scale (clipped).
 
     Example
     -------
-    >>> quantize_pcm16(np.array([0.5, -1.0, 2.0], dtype=np.float32))
-    array([ 16384, -32768,  32767], dtype=int16)
-    """
-    return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
-
-
-def clipped_samples(audio: np.ndarray) -> int:
-    """How many samples ``quantize_pcm16`` clips (beyond int16 full scale).
-
-    Example
-    -------
-    >>> clipped_samples(np.array([0.5, -1.0, 2.0, -1.5], dtype=np.float32))
-    2
+    >>> quantize_pcm16(np.array([0.5, -1.0, 2.0, -1.5], dtype=np.float32))
+    (array([ 16384, -32768,  32767, -32768], dtype=int16), 2)
     """
     scaled = np.round(audio * 32768.0)
-    return int(np.count_nonzero((scaled > 32767) | (scaled < -32768)))
+    clipped = int(np.count_nonzero((scaled > 32767) | (scaled < -32768)))
+    return np.clip(scaled, -32768, 32767).astype(np.int16), clipped
 
 
 def duration_bins(durations: Sequence[float]) -> dict[str, list]:
@@ -291,11 +281,12 @@ def _sample_members(row: dict, sample_rate: int) -> tuple[bytes, bytes, float, d
     # Mono, resampled, non-empty and finite (NaN would be quantised to arbitrary int16).
     audio = load_audio(row["wav"], sample_rate).numpy()
     flac = io.BytesIO()
-    soundfile.write(flac, quantize_pcm16(audio), sample_rate, format="FLAC", subtype="PCM_16")
+    pcm, clipped = quantize_pcm16(audio)
+    soundfile.write(flac, pcm, sample_rate, format="FLAC", subtype="PCM_16")
     seconds = audio.size / sample_rate
     extra = {k: v for k, v in row.items() if k not in ("ID", "duration", "captions")}
     meta = {"captions": captions, "duration": seconds, "source_id": row["ID"], **extra}
-    clipping, clipped = None, clipped_samples(audio)
+    clipping = None
     if clipped:
         peak = round(float(np.abs(audio).max()), 4)
         meta[CLIPPED_KEY] = {"samples": clipped, "of": audio.size, "peak": peak}
