@@ -214,13 +214,17 @@ class ForwardScratch:
 
     inference = False
 
-    def scratch(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised buffer of ``shape`` with ``like``'s dtype and device, kept by name."""
+    def scratch(self, name: str, shape, like: torch.Tensor, zeros: bool = False) -> torch.Tensor:
+        """A buffer of ``shape`` with ``like``'s dtype and device, kept by name.
+
+        Uninitialised when made, or zeros with ``zeros=True`` (rows a caller never
+        writes then stay zero for every later block).
+        """
         buffers = self.__dict__.setdefault("_scratch", {})
         buffer = buffers.get(name)
         shape = torch.Size(shape)
         if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype:
-            buffer = buffers[name] = like.new_empty(shape)
+            buffer = buffers[name] = like.new_zeros(shape) if zeros else like.new_empty(shape)
         return buffer
 
 
@@ -520,10 +524,7 @@ class PackedAttention(ForwardScratch):
         blocks = mask.shape[0]
         n, heads, head_dim = q.shape
         shape = ((blocks + 2) * window, heads, head_dim)
-        buffers = self._cache.get(("window_buffers", window))
-        if buffers is None or buffers[0].dtype != q.dtype or buffers[0].shape != shape:
-            buffers = [q.new_zeros(shape) for _ in range(3)]
-            self._cache[("window_buffers", window)] = buffers
+        buffers = [self.scratch(f"window_{name}", shape, q, zeros=True) for name in "qkv"]
         for buffer, x in zip(buffers, (q, k, v), strict=True):
             buffer[window : window + n] = x
         row = heads * head_dim

@@ -157,7 +157,7 @@ def test_blocked_inference_windows_match_reference(seqlens, window):
         )
         torch.testing.assert_close(out, gathered, atol=1e-6, rtol=1e-6)
     if window is not None:
-        for buffer in attend._cache[("window_buffers", window)]:
+        for buffer in (attend._scratch[f"window_{name}"] for name in "qkv"):
             assert not buffer[:window].any() and not buffer[window + n :].any()
 
 
