@@ -330,7 +330,8 @@ def zeroshot(args) -> None:
     with torch.no_grad():
         audio = torch.nn.functional.normalize(torch.cat(brain.eval_audio), dim=-1)
         prompts = list(hparams["zeroshot_prompts"])
-        scores = {"one_sound_prompts": audio @ embed(prompts).T}
+        one_sound = embed(prompts)
+        scores = {"one_sound_prompts": audio @ one_sound.T}
         # "The sound of a dog barking." -> "First the sound of a dog barking, then another sound."
         first = [f"First {p[0].lower()}{p[1:-1]}, then another sound." for p in prompts]
         scores["first_then_prompts"] = audio @ embed(first).T
@@ -366,7 +367,6 @@ def zeroshot(args) -> None:
                 @ torch.stack([_first_sound_ensemble(embed, t, followers) for t in SOUND_TYPES]).T
             )
         # The captions' own text embeddings in place of the audio, one phrasing at a time.
-        one_sound = embed(prompts)
         for k in range(min(len(c) for c in brain.eval_captions)):
             captions = embed([c[k] for c in brain.eval_captions])
             scores[f"caption_text_{k}"] = captions @ one_sound.T
