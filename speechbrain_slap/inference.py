@@ -228,6 +228,10 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
                 owner.append(index)
         return windows, owner
 
+    def _window_starts(self, clips: Sequence[torch.Tensor]) -> list[int]:
+        """The start sample of every window of ``_windows(clips)``, in the same order."""
+        return [s for c in clips for s in window_starts(c.numel(), self.window, self.hop)]
+
     def _chunks(self, windows: Sequence[torch.Tensor]) -> list[range]:
         """Consecutive groups of windows of at most ``batch_seconds`` audio (>= 1 each)."""
         budget = self.batch_seconds * self.sample_rate
@@ -593,14 +597,22 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
             raise RuntimeError("this model folder has no caption decoder and tokenizer")
         clips = self._checked(clips, "caption")
         windows, owner = self._windows(clips)
-        per_window = []
+        starts = self._window_starts(clips)
+        per_window, per_window_steps = [], []
         for tokens, packed in self._encode_windows(windows):
             lengths = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).tolist()
             per_window.extend(tokens.split(lengths))
-        # A clip's memory: the tokens of all its windows, in order.
-        memories = [[] for _ in clips]
-        for tokens, index in zip(per_window, owner, strict=True):
+            per_window_steps.extend(packed.pos_t.float().split(lengths))
+        # A clip's memory: the tokens of all its windows, in order, each at its time
+        # step in the clip (window start + step in the window) for a decoder with
+        # memory_time_positions.
+        memories, steps = [[] for _ in clips], [[] for _ in clips]
+        step_samples = self.frame_seconds * self.sample_rate
+        for tokens, time_steps, index, start in zip(
+            per_window, per_window_steps, owner, starts, strict=True
+        ):
             memories[index].append(tokens)
+            steps[index].append(time_steps + start / step_samples)
         memory = [torch.cat(m) for m in memories]
         for index, tokens in enumerate(memory):
             if not bool(torch.isfinite(tokens).all()):  # beam search would give ""
@@ -608,9 +620,14 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
         cu = torch.zeros(len(memory) + 1, dtype=torch.int32, device=memory[0].device)
         cu[1:] = torch.cumsum(torch.tensor([m.shape[0] for m in memory], device=cu.device), 0)
         audio, audio_mask = unpack_tokens(torch.cat(memory), cu)
+        time_index = unpack_tokens(torch.cat([torch.cat(t) for t in steps])[:, None], cu)[0]
         with self.inference_ctx:
             ids = self.mods.caption_decoder.beam_search(
-                audio, audio_mask, beam_size=beam_size, max_length=max_length
+                audio,
+                audio_mask,
+                beam_size=beam_size,
+                max_length=max_length,
+                time_index=time_index[..., 0],
             )
         return [decode_ids(self.hparams.tokenizer, seq) for seq in ids]
 
@@ -680,7 +697,7 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
         """
         clips = self._split(wavs, wav_lens)
         windows, owner = self._windows(clips)
-        starts = [s for c in clips for s in window_starts(c.numel(), self.window, self.hop)]
+        starts = self._window_starts(clips)
         steps = []
         for tokens, packed in self._encode_windows(windows):
             frames, mask = time_step_features(tokens, packed)

@@ -47,6 +47,7 @@ ARCHITECTURE_KEYS = ENCODER_ARCHITECTURE_KEYS + (
     "decoder_layers",
     "decoder_heads",
     "decoder_ffn",
+    "decoder_time_positions",
     "n_prototypes",
     "ssl_hidden",
     "ssl_bottleneck",

@@ -6,6 +6,13 @@ pooling) and provides the auxiliary captioning loss ``L_CAP``. Base size: 8
 pre-LN layers, 512 wide, 8 heads; the 768-d audio tokens are projected to 512
 and attended with a key-padding mask, so a clip only ever sees its own tokens.
 
+The audio encoder places its tokens with 2-D RoPE, which acts inside its
+attention only: its output rows carry no time, and a decoder that attends to
+them reads a set of tokens and cannot tell which sound came first. With
+``memory_time_positions`` the decoder adds a fixed sinusoidal embedding of each
+token's time step to its memory (``time_embedding``), so captions can follow
+the order of the sounds (the paper leaves the decoder's positions open).
+
 Captions are tokenized with SentencePiece trained on the training captions
 through SpeechBrain's wrapper, with the special ids ``pad=0, bos=1, eos=2,
 unk=3`` that the decoder uses by default.
@@ -30,6 +37,36 @@ PAD_INDEX = 0
 BOS_INDEX = 1
 EOS_INDEX = 2
 UNK_INDEX = 3
+
+
+def time_embedding(time_index: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed sinusoidal embedding of time steps (sines, then cosines).
+
+    Arguments
+    ---------
+    time_index : torch.Tensor
+        Time steps of any shape (fractional steps allowed).
+    dim : int
+        Embedding width, even.
+    base : float
+        Longest wavelength scale, as in the original Transformer.
+
+    Returns
+    -------
+    ``(*time_index.shape, dim)`` float tensor; step 0 is ``[0] * (dim / 2) + [1] * (dim / 2)``.
+
+    Example
+    -------
+    >>> time_embedding(torch.tensor([0, 3]), 4).shape
+    torch.Size([2, 4])
+    >>> time_embedding(torch.tensor([0]), 4).tolist()
+    [[0.0, 0.0, 1.0, 1.0]]
+    """
+    if dim < 2 or dim % 2:
+        raise ValueError(f"time_embedding needs an even dim >= 2, got {dim}")
+    frequencies = base ** (-torch.arange(0, dim, 2, device=time_index.device) / dim)
+    angles = time_index.float()[..., None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_index: int = PAD_INDEX):
@@ -138,6 +175,11 @@ class CaptionDecoder(nn.Module):
         Start-of-caption id that prefixes ``tokens_in``.
     eos_index : int
         End-of-caption id that ends ``tokens_out`` and stops decoding.
+    memory_time_positions : bool
+        Add ``time_embedding`` of each audio token's time step to the projected
+        memory; every call then takes the tokens' ``time_index``
+        (``PackedBatch.pos_t``). Off by default: the decoder then reads its
+        memory as a set, and models trained that way stay as they were.
 
     Example
     -------
@@ -166,6 +208,7 @@ class CaptionDecoder(nn.Module):
         pad_index: int = PAD_INDEX,
         bos_index: int = BOS_INDEX,
         eos_index: int = EOS_INDEX,
+        memory_time_positions: bool = False,
     ):
         super().__init__()
         specials = {"pad_index": pad_index, "bos_index": bos_index, "eos_index": eos_index}
@@ -179,6 +222,9 @@ class CaptionDecoder(nn.Module):
         self.pad_index = pad_index
         self.bos_index = bos_index
         self.eos_index = eos_index
+        self.memory_time_positions = memory_time_positions
+        if memory_time_positions and d_model % 2:
+            raise ValueError(f"memory_time_positions needs an even d_model, got {d_model}")
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.pos_embedding = nn.Parameter(torch.zeros(max_length, d_model))
         self.audio_proj = nn.Linear(audio_dim, d_model)
@@ -238,7 +284,12 @@ class CaptionDecoder(nn.Module):
             layer.compile(**kwargs)
         return self
 
-    def project_audio(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+    def project_audio(
+        self,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor,
+        time_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Checks the audio batch and projects it to the decoder width.
 
         Arguments
@@ -247,6 +298,9 @@ class CaptionDecoder(nn.Module):
             ``(B, L, audio_dim)`` dense audio tokens, padded.
         audio_mask : torch.Tensor
             ``(B, L)`` boolean, True = real token; every clip has at least one.
+        time_index : torch.Tensor, optional
+            ``(B, L)`` time step of each token (padding rows: any value);
+            required with ``memory_time_positions``, ignored without.
 
         Returns
         -------
@@ -264,7 +318,16 @@ class CaptionDecoder(nn.Module):
             )
         if not bool(audio_mask.any(dim=1).all()):
             raise ValueError("every clip needs at least one valid audio token in audio_mask")
-        return self.audio_proj(audio)
+        memory = self.audio_proj(audio)
+        if not self.memory_time_positions:
+            return memory
+        if time_index is None or time_index.shape != audio_mask.shape:
+            raise ValueError(
+                "this decoder adds time positions to its memory (memory_time_positions): "
+                f"pass time_index of shape {tuple(audio_mask.shape)} (the tokens' time steps, "
+                f"PackedBatch.pos_t), got {None if time_index is None else tuple(time_index.shape)}"
+            )
+        return memory + time_embedding(time_index, memory.shape[-1]).to(memory.dtype)
 
     def forward_features(
         self, tokens: torch.Tensor, memory: torch.Tensor, memory_padding: torch.Tensor
@@ -308,6 +371,7 @@ class CaptionDecoder(nn.Module):
         audio: torch.Tensor,
         audio_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        time_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits for a padded audio batch.
 
@@ -325,20 +389,28 @@ class CaptionDecoder(nn.Module):
             ``(B, L)`` boolean, True = real audio token; required for padded audio.
         cu_seqlens : torch.Tensor, optional
             ``(B + 1,)`` cumulative token counts of packed ``audio``.
+        time_index : torch.Tensor, optional
+            Time step of each audio token, shaped like ``audio`` without its
+            last dimension (``(B, L)``, or ``(N,)`` when packed); used with
+            ``memory_time_positions``.
 
         Returns
         -------
         ``(B, U, vocab_size)`` logits; position ``t`` predicts ``tokens_out[:, t]``.
         """
         if cu_seqlens is not None:
-            return self.forward_packed(tokens_in, audio, cu_seqlens)
+            return self.forward_packed(tokens_in, audio, cu_seqlens, time_index)
         if audio_mask is None:
             raise ValueError("padded audio needs audio_mask (or pass cu_seqlens for packed audio)")
-        memory = self.project_audio(audio, audio_mask)
+        memory = self.project_audio(audio, audio_mask, time_index)
         return self.head(self.forward_features(tokens_in, memory, ~audio_mask))
 
     def forward_packed(
-        self, tokens_in: torch.Tensor, audio_tokens: torch.Tensor, cu_seqlens: torch.Tensor
+        self,
+        tokens_in: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        time_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits for packed encoder output.
 
@@ -353,13 +425,17 @@ class CaptionDecoder(nn.Module):
             ``(N, audio_dim)`` packed dense audio tokens of ``B`` clips.
         cu_seqlens : torch.Tensor
             ``(B + 1,)`` int32 cumulative token counts.
+        time_index : torch.Tensor, optional
+            ``(N,)`` time step of each packed token (``PackedBatch.pos_t``).
 
         Returns
         -------
         ``(B, U, vocab_size)`` logits, equal to ``forward`` on the padded batch.
         """
         audio, audio_mask = unpack_tokens(audio_tokens, cu_seqlens)
-        return self.forward(tokens_in, audio, audio_mask)
+        if time_index is not None:
+            time_index = unpack_tokens(time_index.float()[:, None], cu_seqlens)[0][..., 0]
+        return self.forward(tokens_in, audio, audio_mask, time_index=time_index)
 
     def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):
         """One decoding step in SpeechBrain's searcher interface.
@@ -387,6 +463,56 @@ class CaptionDecoder(nn.Module):
         padding = positions[None, :] >= memory_lens.to(memory.device)[:, None]
         return self.forward_features(tokens.long(), memory, padding), None
 
+    @torch.no_grad()
+    def prefix_log_likelihoods(
+        self,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor,
+        prefixes: torch.Tensor,
+        time_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Summed log-probability of each caption prefix, for each clip.
+
+        Zero-shot classification by the captioner: a class whose prompt
+        (``"The sound of a dog barking"``) is the likeliest start of the clip's
+        caption is predicted. Unlike an embedding similarity, the decoder writes
+        the sounds in the order they are heard, so the prompt that opens the
+        caption names the first sound. Runs in eval mode without gradients.
+
+        Arguments
+        ---------
+        audio, audio_mask : torch.Tensor
+            ``(B, L, audio_dim)`` dense audio tokens, padded, and their mask.
+        prefixes : torch.Tensor
+            ``(K, U)`` long ids of ``K`` prefixes, no BOS and no EOS, right-padded
+            with ``pad_index``; each has at least one id.
+        time_index : torch.Tensor, optional
+            ``(B, L)`` time step of each token (with ``memory_time_positions``).
+
+        Returns
+        -------
+        ``(B, K)`` float log-likelihoods.
+        """
+        valid = prefixes.ne(self.pad_index)
+        if prefixes.dim() != 2 or not bool(valid[:, 0].all()):
+            raise ValueError(
+                f"prefixes must be (K, U) ids, each starting with a non-pad id, got "
+                f"{tuple(prefixes.shape)}"
+            )
+        batch, count = audio.shape[0], prefixes.shape[0]
+        bos = prefixes.new_full((count, 1), self.bos_index)
+        tokens_in = torch.cat([bos, prefixes[:, :-1]], dim=1).repeat(batch, 1)
+        with _inference(self):
+            memory = self.project_audio(audio, audio_mask, time_index)
+            hidden = self.forward_features(
+                tokens_in,
+                memory.repeat_interleave(count, dim=0),
+                (~audio_mask).repeat_interleave(count, dim=0),
+            )
+            log_probs = torch.log_softmax(self.head(hidden).float(), dim=-1)
+        picked = log_probs.gather(-1, prefixes.repeat(batch, 1)[..., None])[..., 0]
+        return (picked * valid.repeat(batch, 1)).sum(dim=1).view(batch, count)
+
     def _decoding_length(self, max_length: int | None) -> int:
         max_length = self.max_length if max_length is None else max_length
         if not 1 <= max_length <= self.max_length:
@@ -394,7 +520,11 @@ class CaptionDecoder(nn.Module):
         return max_length
 
     def greedy_decode(
-        self, audio: torch.Tensor, audio_mask: torch.Tensor, max_length: int | None = None
+        self,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor,
+        max_length: int | None = None,
+        time_index: torch.Tensor | None = None,
     ) -> list[list[int]]:
         """Greedy captions, with SpeechBrain's ``S2STransformerGreedySearcher``.
 
@@ -409,6 +539,8 @@ class CaptionDecoder(nn.Module):
         max_length : int, optional
             Most tokens generated per caption, EOS included (default and upper
             bound: ``self.max_length``).
+        time_index : torch.Tensor, optional
+            ``(B, L)`` time step of each token (with ``memory_time_positions``).
 
         Returns
         -------
@@ -417,7 +549,7 @@ class CaptionDecoder(nn.Module):
         """
         max_length = self._decoding_length(max_length)
         with _inference(self):
-            memory = self.project_audio(audio, audio_mask)
+            memory = self.project_audio(audio, audio_mask, time_index)
             # The searcher describes padding by lengths (valid rows first).
             # Cross-attention has no position on the memory side, so moving the
             # valid rows to the front changes nothing for any mask.
@@ -434,6 +566,7 @@ class CaptionDecoder(nn.Module):
         beam_size: int = 4,
         max_length: int | None = None,
         length_penalty: float = 1.0,
+        time_index: torch.Tensor | None = None,
     ) -> list[list[int]]:
         """Beam-search captions, batched over clips and beams.
 
@@ -466,6 +599,8 @@ class CaptionDecoder(nn.Module):
             bound: ``self.max_length``).
         length_penalty : float
             Length normalisation exponent, >= 0.
+        time_index : torch.Tensor, optional
+            ``(B, L)`` time step of each token (with ``memory_time_positions``).
 
         Returns
         -------
@@ -478,7 +613,8 @@ class CaptionDecoder(nn.Module):
             )
         batch, beams = audio.shape[0], beam_size
         with _inference(self):
-            memory = self.project_audio(audio, audio_mask).repeat_interleave(beams, dim=0)
+            memory = self.project_audio(audio, audio_mask, time_index)
+            memory = memory.repeat_interleave(beams, dim=0)
             padding = (~audio_mask).repeat_interleave(beams, dim=0)
             seqs = torch.full((batch * beams, 1), self.bos_index, device=audio.device)
             # Summed log-probabilities of live beams; one live beam per clip at first.
@@ -622,6 +758,41 @@ def encode_captions(sp: SentencePieceProcessor, captions: Sequence[str], max_len
         tokens_in[row, : len(ids) + 1] = torch.tensor([sp.bos_id(), *ids])
         tokens_out[row, : len(ids) + 1] = torch.tensor([*ids, sp.eos_id()])
     return tokens_in, tokens_out
+
+
+def caption_prompt_ids(sp: SentencePieceProcessor, prompts: Sequence[str]) -> torch.Tensor:
+    """Zero-shot prompts as caption prefixes, for ``CaptionDecoder.prefix_log_likelihoods``.
+
+    A prompt's closing full stop is dropped (a caption goes on after it); no
+    BOS, no EOS; rows right-padded with the pad id.
+
+    Arguments
+    ---------
+    sp : sentencepiece.SentencePieceProcessor
+        The caption tokenizer.
+    prompts : sequence of str
+        One prompt per class, e.g. ``"The sound of a dog barking."``.
+
+    Returns
+    -------
+    ``(K, U)`` long ids.
+
+    Example
+    -------
+    >>> csv = getfixture("tmp_path") / "captions.csv"
+    >>> _ = csv.write_text("id,caption\\n0,a dog barks\\n1,a cat meows\\n")
+    >>> sp = train_caption_tokenizer(csv, csv.parent / "tok", model_type="char").sp
+    >>> ids = caption_prompt_ids(sp, ["a dog.", "a cat meows."])
+    >>> ids.shape, decode_ids(sp, ids[0].tolist())
+    (torch.Size([2, 12]), 'a dog')
+    """
+    pieces = [sp.encode_as_ids(prompt.strip().removesuffix(".").rstrip()) for prompt in prompts]
+    if not pieces or not all(pieces):
+        raise ValueError(f"need non-empty prompts, got {list(prompts)!r}")
+    ids = torch.full((len(pieces), max(map(len, pieces))), sp.pad_id(), dtype=torch.long)
+    for row, piece in enumerate(pieces):
+        ids[row, : len(piece)] = torch.tensor(piece)
+    return ids
 
 
 def decode_ids(sp: SentencePieceProcessor, ids: Sequence[int]) -> str:

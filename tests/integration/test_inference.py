@@ -344,6 +344,41 @@ def test_captions(model, tmp_path):
     assert model.caption_batch(wavs, wav_lens, beam_size=1, max_length=8) == expected
 
 
+def test_captions_of_long_audio_place_each_window_at_its_time(model):
+    """With memory_time_positions, a long clip's memory is the tokens of all its windows,
+    each at its time step in the clip (window start + step in the window)."""
+    from speechbrain_slap.lobes.caption_decoder import caption_prompt_ids, decode_ids
+
+    clip = torch.cat([_tone(25.0, 300, seed=50), _tone(12.0, 800, seed=51)])
+    starts = window_starts(clip.numel(), model.window, model.hop)
+    assert len(starts) == 2
+    decoder = model.mods.caption_decoder
+    decoder.memory_time_positions = True
+    try:
+        caption = model.caption_waveforms([clip], beam_size=1, max_length=8)[0]
+        tokens, steps, local = [], [], []
+        with torch.no_grad():
+            for start in starts:
+                part = clip[start : start + model.window][None]
+                packed = model.mods.audio_encoder.patchify(model.mods.compute_features(part))
+                tokens.append(model.mods.audio_encoder(packed))
+                local.append(packed.pos_t.float())
+                steps.append(local[-1] + start / (0.16 * RATE))
+        memory = torch.cat(tokens)[None]
+        mask = torch.ones(memory.shape[:2], dtype=torch.bool)
+        greedy = decoder.greedy_decode(
+            memory, mask, max_length=8, time_index=torch.cat(steps)[None]
+        )
+        assert caption == decode_ids(model.hparams.tokenizer, greedy[0])
+        # The offsets matter: every window placed at time 0 reads differently.
+        ids = caption_prompt_ids(model.hparams.tokenizer, ["a low hum"])
+        at_time = decoder.prefix_log_likelihoods(memory, mask, ids, torch.cat(steps)[None])
+        at_zero = decoder.prefix_log_likelihoods(memory, mask, ids, torch.cat(local)[None])
+        assert abs(float(at_time - at_zero)) > 1e-4
+    finally:
+        decoder.memory_time_positions = False
+
+
 def test_frame_embeddings_and_timestamps(model):
     clips = [_tone(2.0, 400, seed=40), _tone(0.9, 600, seed=41)]
     wavs, wav_lens = pad_waveforms(clips)

@@ -2,6 +2,7 @@
 
 import csv
 import itertools
+import math
 
 import pytest
 import torch
@@ -14,8 +15,10 @@ from speechbrain_slap.lobes.caption_decoder import (
     UNK_INDEX,
     CaptionDecoder,
     caption_loss,
+    caption_prompt_ids,
     decode_ids,
     encode_captions,
+    time_embedding,
     train_caption_tokenizer,
 )
 from speechbrain_slap.lobes.packing import unpack_tokens
@@ -24,7 +27,7 @@ VOCAB, AUDIO_DIM, MAX_LENGTH = 24, 16, 10
 SEQLENS = [7, 3, 5]
 
 
-def make_decoder(seed=0, d_model=32, num_layers=2, dropout=0.0, eos_bias=0.0):
+def make_decoder(seed=0, d_model=32, num_layers=2, dropout=0.0, eos_bias=0.0, positions=False):
     """A small decoder with non-trivial weights (random biases, larger scale)."""
     torch.manual_seed(seed)
     decoder = CaptionDecoder(
@@ -36,6 +39,7 @@ def make_decoder(seed=0, d_model=32, num_layers=2, dropout=0.0, eos_bias=0.0):
         ffn_dim=2 * d_model,
         max_length=MAX_LENGTH,
         dropout=dropout,
+        memory_time_positions=positions,
     )
     with torch.no_grad():
         for name, param in decoder.named_parameters():
@@ -321,3 +325,124 @@ def test_tokenizer_with_other_ids_is_rejected(tmp_path):
     SentencePiece(str(tmp_path / "tok"), 50, str(tmp_path / "train.csv"), "caption", "char")
     with pytest.raises(ValueError, match="pad/bos/eos/unk"):
         train_caption_tokenizer(tmp_path / "train.csv", tmp_path / "tok", 50, model_type="char")
+
+
+def time_steps(mask):
+    """``(B, L)`` time step of each row: 0, 1, 2, ... within each clip (padding too)."""
+    return torch.arange(mask.shape[1]).expand(mask.shape[0], -1).float()
+
+
+def test_time_embedding_values():
+    """Sines then cosines of t / base ** (2i / dim), against the formula written out."""
+    t = torch.tensor([0.0, 1.0, 7.5])
+    emb = time_embedding(t, 6, base=100.0)
+    frequencies = [1.0, 100.0 ** (-2 / 6), 100.0 ** (-4 / 6)]
+    expected = [
+        [*(math.sin(x * f) for f in frequencies), *(math.cos(x * f) for f in frequencies)]
+        for x in t.tolist()
+    ]
+    torch.testing.assert_close(emb, torch.tensor(expected), atol=1e-6, rtol=1e-6)
+    assert time_embedding(torch.zeros(2, 3), 4).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="even dim"):
+        time_embedding(t, 5)
+
+
+@torch.no_grad()
+def test_without_time_positions_the_memory_is_a_set():
+    """Without positions, reordering a clip's tokens changes nothing (so order cannot be
+    read); with them, tokens keep their time steps and only swapping the steps matters."""
+    audio, mask, _, _ = padded_audio(seqlens=[6])
+    tokens = random_tokens(1, 6)
+    order = torch.tensor([[3, 1, 5, 0, 2, 4]])
+    shuffled = audio.gather(1, order[..., None].expand_as(audio))
+    steps = time_steps(mask)
+
+    plain = make_decoder()
+    torch.testing.assert_close(plain(tokens, shuffled, mask), plain(tokens, audio, mask))
+    torch.testing.assert_close(  # time_index is ignored without positions
+        plain(tokens, audio, mask, time_index=steps + 5.0), plain(tokens, audio, mask)
+    )
+
+    timed = make_decoder(positions=True)
+    logits = timed(tokens, audio, mask, time_index=steps)
+    torch.testing.assert_close(
+        timed(tokens, shuffled, mask, time_index=steps.gather(1, order)), logits
+    )
+    moved = timed(tokens, shuffled, mask, time_index=steps)  # same steps, other tokens
+    assert (moved - logits).abs().max() > 1e-3
+    # The memory is the projection plus the embedding of each row's step.
+    memory = timed.project_audio(audio, mask, steps)
+    torch.testing.assert_close(memory, timed.audio_proj(audio) + time_embedding(steps, 32))
+
+
+@torch.no_grad()
+def test_time_positions_packed_padded_and_decoding_agree():
+    """forward_packed with per-token steps equals forward padded; beam 1 equals greedy."""
+    decoder = make_decoder(positions=True, eos_bias=1.0)
+    audio, mask, packed, cu_seqlens = padded_audio(garbage=10.0)
+    steps = 2.0 * time_steps(mask) + 1.0
+    tokens = random_tokens(len(SEQLENS), 6)
+    torch.testing.assert_close(
+        decoder(tokens, packed, cu_seqlens=cu_seqlens, time_index=steps[mask]),
+        decoder(tokens, audio, mask, time_index=steps),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    greedy = decoder.greedy_decode(audio, mask, time_index=steps)
+    assert decoder.beam_search(audio, mask, beam_size=1, time_index=steps) == greedy
+    assert greedy != decoder.greedy_decode(audio, mask, time_index=steps + 40.0)
+
+
+def test_time_positions_need_time_index():
+    decoder = make_decoder(positions=True)
+    audio, mask, _, _ = padded_audio()
+    tokens = random_tokens(len(SEQLENS), 4)
+    with pytest.raises(ValueError, match="pass time_index of shape"):
+        decoder(tokens, audio, mask)
+    with pytest.raises(ValueError, match="pass time_index of shape"):
+        decoder(tokens, audio, mask, time_index=time_steps(mask)[:, :2])
+    with pytest.raises(ValueError, match="even d_model"):
+        CaptionDecoder(VOCAB, AUDIO_DIM, d_model=31, num_heads=1, memory_time_positions=True)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("positions", [False, True])
+def test_prefix_log_likelihoods_equal_teacher_forcing(positions):
+    """Each clip x prefix score is the sum of the teacher-forced log-probabilities of the
+    prefix's ids (one clip and one prefix at a time), padding ids not counted."""
+    decoder = make_decoder(positions=positions).train()
+    audio, mask, _, _ = padded_audio(garbage=10.0)
+    steps = time_steps(mask)
+    prefixes = torch.tensor([[5, 6, 7, 8], [9, 10, PAD_INDEX, PAD_INDEX], [11, PAD_INDEX, 0, 0]])
+    scores = decoder.prefix_log_likelihoods(audio, mask, prefixes, steps)
+    assert decoder.training and scores.shape == (len(SEQLENS), 3)
+    decoder.eval()
+    for b, n in enumerate(SEQLENS):
+        for k, prefix in enumerate(prefixes.tolist()):
+            ids = [i for i in prefix if i != PAD_INDEX]
+            tokens_in = torch.tensor([[BOS_INDEX, *ids[:-1]]])
+            logits = decoder(
+                tokens_in,
+                audio[b : b + 1, :n],
+                mask[b : b + 1, :n],
+                time_index=steps[b : b + 1, :n],
+            )
+            expected = logits.log_softmax(-1)[0, torch.arange(len(ids)), ids].sum()
+            assert scores[b, k].item() == pytest.approx(expected.item(), abs=1e-4)
+    with pytest.raises(ValueError, match="starting with a non-pad id"):
+        decoder.prefix_log_likelihoods(audio, mask, torch.tensor([[PAD_INDEX, 5]]), steps)
+
+
+def test_caption_prompt_ids_are_prefixes(tmp_path):
+    """Prompts lose their closing full stop, gain no BOS/EOS, and are right-padded."""
+    csv_file = tmp_path / "captions.csv"
+    csv_file.write_text("id,caption\n0,The sound of a dog barking\n1,a bell rings twice\n")
+    sp = train_caption_tokenizer(csv_file, tmp_path / "tok", model_type="char").sp
+    ids = caption_prompt_ids(sp, ["The sound of a dog barking.", "a bell "])
+    assert decode_ids(sp, ids[0].tolist()) == "The sound of a dog barking"
+    assert ids[1].tolist() == sp.encode_as_ids("a bell") + [sp.pad_id()] * (
+        ids.shape[1] - len(sp.encode_as_ids("a bell"))
+    )
+    assert BOS_INDEX not in ids.tolist()[0] and EOS_INDEX not in ids.tolist()[0]
+    with pytest.raises(ValueError, match="non-empty prompts"):
+        caption_prompt_ids(sp, ["."])
