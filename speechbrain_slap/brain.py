@@ -87,6 +87,7 @@ from speechbrain_slap.lobes.packing import (
     concat_packed,
     num_tokens_for_duration,
     random_token_mask,
+    unpack_tokens,
 )
 from speechbrain_slap.losses import teacher_temperature
 from speechbrain_slap.metrics import mean_recall_at_1, retrieval_metrics, zero_shot_accuracy
@@ -173,11 +174,14 @@ class SLAPBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             packed = self._packed_features(batch, stage)
             tokens = self.modules.audio_encoder(packed, pad_to=pad_to)
-            return {
+            out = {
                 "packed": packed,
                 "n_tokens": int(packed.cu_seqlens[-1]),
                 "audio_emb": self.modules.audio_pooling(tokens, cu_seqlens=packed.cu_seqlens),
             }
+            if stage == sb.Stage.TEST and self.caption_prompt_ids is not None:
+                out["caption_prompt_scores"] = self._caption_prompt_scores(tokens, packed)
+            return out
 
         packed, token_mask = self._training_inputs(batch)
         out = {"packed": packed, "n_tokens": int(packed.cu_seqlens[-1])}
@@ -199,7 +203,7 @@ class SLAPBrain(sb.Brain):
         if weights["cap"] > 0:
             tokens_in, _ = batch.tokens_in
             out["caption_logits"] = self.modules.caption_decoder(
-                tokens_in, view1, cu_seqlens=packed.cu_seqlens
+                tokens_in, view1, cu_seqlens=packed.cu_seqlens, time_index=packed.pos_t
             )
         if use_ssl:
             with torch.no_grad():
@@ -208,6 +212,27 @@ class SLAPBrain(sb.Brain):
             out["student_logits"] = self.modules.ssl_head(view2[token_mask])
             out["masked_clip_id"] = packed.clip_id[token_mask]
         return out
+
+    @property
+    def caption_prompt_ids(self) -> torch.Tensor | None:
+        """``hparams.zeroshot_prompt_ids``: the zero-shot prompts as caption prefixes.
+
+        ``(K, U)`` caption-token ids (``caption_prompt_ids`` of
+        ``speechbrain_slap.lobes.caption_decoder``), set by a recipe that has a
+        tokenizer; with them the test stage also scores zero-shot by the caption
+        decoder (``zeroshot_caption_accuracy``). None without them or without a
+        decoder.
+        """
+        ids = getattr(self.hparams, "zeroshot_prompt_ids", None)
+        return ids if ids is not None and "caption_decoder" in self.modules else None
+
+    def _caption_prompt_scores(self, tokens, packed) -> torch.Tensor:
+        """``(B, K)`` decoder log-likelihood of each zero-shot prompt opening each caption."""
+        audio, audio_mask = unpack_tokens(tokens, packed.cu_seqlens)
+        time_index = unpack_tokens(packed.pos_t.float()[:, None], packed.cu_seqlens)[0][..., 0]
+        decoder = _unwrap(self.modules.caption_decoder)
+        prefixes = self.caption_prompt_ids.to(tokens.device)
+        return decoder.prefix_log_likelihoods(audio, audio_mask, prefixes, time_index).cpu()
 
     def _packed_features(self, batch, stage):
         """Log-mel features (SpecAugment when training), packed into 16 x 16 patches."""
@@ -741,6 +766,7 @@ class SLAPBrain(sb.Brain):
             self._busy_seconds = 0.0
         else:
             self.eval_audio, self.eval_captions, self.eval_labels = [], [], []
+            self.eval_caption_scores = []
 
     def evaluate_batch(self, batch, stage):
         """SpeechBrain's ``evaluate_batch``; items that could not be read are left out."""
@@ -752,6 +778,8 @@ class SLAPBrain(sb.Brain):
     def _collect_eval(self, predictions, batch):
         self.eval_audio.append(predictions["audio_emb"].float().cpu())
         self.eval_captions.extend(split_captions(c) for c in batch.captions)
+        if "caption_prompt_scores" in predictions:
+            self.eval_caption_scores.append(predictions["caption_prompt_scores"])
         if hasattr(batch, "label"):
             labels, _ = batch.label
             self.eval_labels.append(labels[:, 0].cpu())
@@ -800,7 +828,9 @@ class SLAPBrain(sb.Brain):
 
         With zero-shot labels, ``zeroshot_accuracy`` covers the clips whose
         ``sound_type`` is a zero-shot class (absent when none is);
-        ``zeroshot_unlabelled`` counts the others.
+        ``zeroshot_unlabelled`` counts the others. With ``caption_prompt_ids``,
+        the test stage's ``zeroshot_caption_accuracy`` scores the same clips by
+        the caption decoder (the prompt likeliest to open the clip's caption).
         """
         if not self.eval_audio:
             raise ValueError(
@@ -830,6 +860,11 @@ class SLAPBrain(sb.Brain):
                 metrics["zeroshot_accuracy"] = zero_shot_accuracy(
                     audio[labelled] @ prompts.T, labels[labelled]
                 )
+                if getattr(self, "eval_caption_scores", None):
+                    scores = torch.cat(self.eval_caption_scores)
+                    metrics["zeroshot_caption_accuracy"] = zero_shot_accuracy(
+                        scores[labelled], labels[labelled]
+                    )
         return metrics, similarity, text_to_audio
 
     def on_stage_end(self, stage, stage_loss, epoch=None):

@@ -37,7 +37,10 @@ of its prompts' similarities); two stages (the two best one-sound prompts'
 types, then the better of their two ordered pair prompts); and prompt
 ensembles from the corpus's caption generator (``caption_ensemble``: a type
 is the mean embedding of every caption whose first sound it is;
-``one_sound_caption_ensemble``: of the one-sound ones). ``caption_text``
+``one_sound_caption_ensemble``: of the one-sound ones); and the caption
+decoder's reading (``decoder_prompts``: the prompt, without its full stop,
+that the decoder finds likeliest to open the clip's caption, the recipe's
+``zeroshot_caption_accuracy``). ``caption_text``
 scores the clips' own caption embeddings (each phrasing, text tower only)
 against the one-sound prompts: what an audio encoder whose embeddings equalled
 its captions' would score, the ceiling that training the audio side alone can
@@ -118,6 +121,7 @@ def build(yaml_file: str, overrides: str):
     recipe.prepare_corpus(hparams)
     tokenizer = recipe.prepare_tokenizer(hparams)
     datasets = recipe.dataio_prepare(hparams, tokenizer)
+    hparams["zeroshot_prompt_ids"] = recipe.zeroshot_prompt_ids(hparams, tokenizer)
     train_kwargs = recipe.loader_kwargs(datasets["train"], hparams, train=True)
     steps = len(train_kwargs["batch_sampler"]) * hparams["number_of_epochs"]
     hparams["lr_schedule"].total_steps = hparams["teacher"].total_steps = steps
@@ -261,17 +265,17 @@ def embed_split(args):
     overrides = {"output_folder": str(output), **json.loads(args.overrides or "{}")}
     hparams, datasets, brain, _ = build(str(output / "hyperparams.yaml"), overrides)
     brain.checkpointer.recover_if_possible(max_key="mean_R@1")
-    brain.on_stage_start(sb.Stage.VALID)
+    brain.on_stage_start(sb.Stage.TEST)
     brain.modules.eval()
     loader = brain.make_dataloader(
         datasets[args.split],
-        sb.Stage.VALID,
+        sb.Stage.TEST,
         **recipe.loader_kwargs(datasets[args.split], hparams, train=False),
     )
     ids = []
     with torch.no_grad():
-        for batch in loader:
-            brain._collect_eval(brain.compute_forward(batch, sb.Stage.VALID), batch)
+        for batch in loader:  # as the test stage: the captioner's prompt scores too
+            brain._collect_eval(brain.compute_forward(batch, sb.Stage.TEST), batch)
             ids.extend(batch.id)
     return hparams, brain, ids
 
@@ -366,6 +370,9 @@ def zeroshot(args) -> None:
                 audio
                 @ torch.stack([_first_sound_ensemble(embed, t, followers) for t in SOUND_TYPES]).T
             )
+        # The caption decoder: the prompt likeliest to open the clip's caption.
+        if brain.eval_caption_scores:
+            scores["decoder_prompts"] = torch.cat(brain.eval_caption_scores)
         # The captions' own text embeddings in place of the audio, one phrasing at a time.
         for k in range(min(len(c) for c in brain.eval_captions)):
             captions = embed([c[k] for c in brain.eval_captions])

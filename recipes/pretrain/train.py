@@ -52,7 +52,7 @@ from speechbrain_slap.data.manifest import load_manifest, split_captions, valida
 from speechbrain_slap.data.pipelines import dataio_prepare, loader_kwargs
 from speechbrain_slap.data.stream import ShardStream, StreamLoader
 from speechbrain_slap.frame_probe import frame_features, linear_probe
-from speechbrain_slap.lobes.caption_decoder import train_caption_tokenizer
+from speechbrain_slap.lobes.caption_decoder import caption_prompt_ids, train_caption_tokenizer
 from speechbrain_slap.recipe import batches_per_rank, set_total_steps
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,21 @@ def prepare_tokenizer(hparams):
             writer.writerow(["ID", "caption"])
             writer.writerows((i, c) for i, caps in enumerate(rows) for c in caps)
     return train_caption_tokenizer(captions_csv, folder, hparams["vocab_size"], "caption")
+
+
+def zeroshot_prompt_ids(hparams, tokenizer):
+    """The zero-shot prompts as caption prefixes, for the captioner's zero-shot score.
+
+    Set as ``hparams["zeroshot_prompt_ids"]``, they make the test stage also
+    report ``zeroshot_caption_accuracy``: the prompt that the caption decoder
+    finds likeliest to open a clip's caption is its prediction
+    (``CaptionDecoder.prefix_log_likelihoods``). None without prompts or
+    without the captioning loss (an untrained decoder has nothing to say).
+    """
+    prompts = hparams.get("zeroshot_prompts")
+    if not prompts or hparams["loss_weights"]["cap"] <= 0:
+        return None
+    return caption_prompt_ids(tokenizer.sp, prompts)
 
 
 def stream_prepare(hparams, tokenizer):
@@ -245,6 +260,7 @@ if __name__ == "__main__":
     run_on_main(prepare_tokenizer, kwargs={"hparams": hparams})
     tokenizer = prepare_tokenizer(hparams)
     datasets = dataio_prepare(hparams, tokenizer)
+    hparams["zeroshot_prompt_ids"] = zeroshot_prompt_ids(hparams, tokenizer)
     hparams["train_monitor"] = datasets.get("train_monitor")  # train R@1 beside valid R@1
     precompute_text_states(hparams, datasets)
 

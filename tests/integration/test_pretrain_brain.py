@@ -369,3 +369,40 @@ def test_zero_shot_leaves_out_clips_without_a_zero_shot_class(make_brain):
     brain.eval_labels = [torch.full((4,), -1)]
     metrics, _, _ = brain.evaluate_retrieval()
     assert metrics["zeroshot_unlabelled"] == 4 and "zeroshot_accuracy" not in metrics
+
+
+@pytest.mark.parametrize("positions", [False, True])
+def test_test_stage_scores_zero_shot_by_the_caption_decoder(make_brain, make_batch, positions):
+    """With prompt ids, the test stage scores each clip x prompt by the decoder, clip by
+    clip as ``prefix_log_likelihoods`` gives it (time steps from the packing), and
+    ``zeroshot_caption_accuracy`` is the accuracy of those scores; valid stays as it was."""
+    from speechbrain_slap.metrics import zero_shot_accuracy
+
+    brain, hparams, datasets = make_brain(decoder_time_positions=positions)
+    prompts = torch.tensor([[5, 6, 7], [8, 9, 0], [10, 0, 0]])
+    brain.hparams.zeroshot_prompt_ids = prompts
+    batch = make_batch(datasets["test"], indices=(0, 1, 2))
+    brain.modules.eval()
+    with torch.no_grad():
+        out = brain.compute_forward(batch, sb.Stage.TEST)
+        assert "caption_prompt_scores" not in brain.compute_forward(batch, sb.Stage.VALID)
+        packed = out["packed"]
+        tokens = brain.modules.audio_encoder(packed)
+        decoder = brain.modules.caption_decoder
+        for b in range(len(batch)):
+            start, end = packed.cu_seqlens[b], packed.cu_seqlens[b + 1]
+            alone = decoder.prefix_log_likelihoods(
+                tokens[None, start:end],
+                torch.ones(1, end - start, dtype=torch.bool),
+                prompts,
+                packed.pos_t[None, start:end].float(),
+            )
+            torch.testing.assert_close(out["caption_prompt_scores"][b : b + 1], alone)
+    assert decoder.memory_time_positions == positions
+    brain.on_stage_start(sb.Stage.TEST)
+    brain._collect_eval(out, batch)
+    labels = torch.tensor([0, 2, 1])
+    brain.eval_labels = [labels]
+    metrics, _, _ = brain.evaluate_retrieval()
+    expected = zero_shot_accuracy(out["caption_prompt_scores"], labels)
+    assert metrics["zeroshot_caption_accuracy"] == pytest.approx(expected)

@@ -105,6 +105,7 @@ def test_recipe_writes_test_results(output):
     # With 4 test clips every text ranks its clip in the top 5.
     assert results["t2a_R@5"] == results["t2a_R@10"] == 1.0
     assert 0.0 <= results["zeroshot_accuracy"] <= 1.0
+    assert 0.0 <= results["zeroshot_caption_accuracy"] <= 1.0  # the captioner's reading
     assert results["n_test_audio"] == N_TEST
     assert results["chance_R@1"] == pytest.approx(1.0 / N_TEST)
     assert results["mean_R@1"] == pytest.approx(0.5 * (results["t2a_R@1"] + results["a2t_R@1"]))
