@@ -60,6 +60,18 @@ directly::
 
     python recipes/pretrain/diagnose.py pooling data/slap_synth --pool map --steps 200
 
+``decoder_order``: whether the caption decoder can tell which sound came
+first. The audio encoder of a trained recipe output is frozen; its test,
+valid and training tokens are computed once, and a fresh caption decoder (the
+recipe's size) is trained on the training clips' captions for ``--epochs``
+epochs, once reading its memory as a set and once with each token's time step
+added (``CaptionDecoder(memory_time_positions=True)``). After each epoch the
+decoder's zero-shot reading (``prefix_log_likelihoods`` of the recipe's
+prompts) is scored on the test and valid clips: the first sound's type, and
+how often the prediction is one of the clip's types::
+
+    python recipes/pretrain/diagnose.py decoder_order results/pretrain_tiny_synth/1234 --epochs 14
+
 Authors
  * speechbrain-slap contributors 2026
 """
@@ -399,6 +411,122 @@ def zeroshot(args) -> None:
     print(json.dumps(report, indent=2))
 
 
+def _clip_tokens(brain, datasets, hparams, split):
+    """``(id, tokens, time steps, captions)`` of every clip of ``split``, encoder frozen."""
+    from speechbrain_slap.data.manifest import split_captions
+
+    loader = brain.make_dataloader(
+        datasets[split], sb.Stage.TEST, **recipe.loader_kwargs(datasets[split], hparams, False)
+    )
+    clips = []
+    with torch.no_grad():
+        for batch in loader:
+            packed = brain._packed_features(batch, sb.Stage.TEST)
+            tokens = brain.modules.audio_encoder(packed)
+            for b in range(packed.batch_size):
+                start, end = packed.cu_seqlens[b], packed.cu_seqlens[b + 1]
+                clips.append(
+                    (
+                        batch.id[b],
+                        tokens[start:end],
+                        packed.pos_t[start:end].float(),
+                        split_captions(batch.captions[b]),
+                    )
+                )
+    return clips
+
+
+def _padded(clips):
+    """Padded tokens, mask and time steps of a list of ``_clip_tokens`` entries."""
+    from speechbrain_slap.lobes.packing import unpack_tokens
+
+    cu_seqlens = torch.tensor([0] + [len(c[1]) for c in clips]).cumsum(0)
+    tokens, mask = unpack_tokens(torch.cat([c[1] for c in clips]), cu_seqlens)
+    steps = unpack_tokens(torch.cat([c[2] for c in clips])[:, None], cu_seqlens)[0][..., 0]
+    return tokens, mask, steps
+
+
+def decoder_order(args) -> None:
+    """Prints, per epoch, the zero-shot reading of fresh decoders with and without time steps."""
+    import random
+
+    from speechbrain_slap.data.synthetic import SOUND_TYPES
+    from speechbrain_slap.lobes.caption_decoder import (
+        CaptionDecoder,
+        caption_loss,
+        encode_captions,
+    )
+
+    output = Path(args.output_folder)
+    hparams, datasets, brain, _ = build(
+        str(output / "hyperparams.yaml"), {"output_folder": str(output)}
+    )
+    brain.checkpointer.recover_if_possible(max_key="mean_R@1")
+    brain.modules.eval()
+    tokenizer = recipe.prepare_tokenizer(hparams).sp
+    prompts = hparams["zeroshot_prompt_ids"]
+    begin = time.perf_counter()
+    clips = {
+        split: _clip_tokens(brain, datasets, hparams, split) for split in ("train", "valid", "test")
+    }
+    print(f"frozen encoder tokens of {sum(map(len, clips.values()))} clips "
+          f"({time.perf_counter() - begin:.0f} s)", flush=True)  # fmt: skip
+    trained = brain.modules.caption_decoder
+    size = {
+        "vocab_size": trained.vocab_size,
+        "audio_dim": trained.audio_proj.in_features,
+        "d_model": trained.audio_proj.out_features,
+        "num_layers": len(trained.layers.layers),
+        "num_heads": trained.layers.layers[0].self_attn.num_heads,
+        "ffn_dim": trained.layers.layers[0].linear1.out_features,
+        "max_length": trained.max_length,
+    }
+
+    def reading(decoder, split):
+        scenes = _scenes(Path(hparams[f"{split}_csv"]))
+        scores, groups = [], []
+        for i in range(0, len(clips[split]), 25):
+            chunk = clips[split][i : i + 25]
+            tokens, mask, steps = _padded(chunk)
+            scores.append(decoder.prefix_log_likelihoods(tokens, mask, prompts, steps))
+            groups += [[SOUND_TYPES.index(g[0]) for g in scenes[c[0]]["groups"]] for c in chunk]
+        predicted = torch.cat(scores).argmax(dim=1).tolist()
+        return {
+            "first_sound_accuracy": statistics.mean(
+                int(p == g[0]) for p, g in zip(predicted, groups, strict=True)
+            ),
+            "among_clip_types": statistics.mean(
+                int(p in g) for p, g in zip(predicted, groups, strict=True)
+            ),
+        }
+
+    for positions in (False, True):
+        torch.manual_seed(args.seed)
+        rng = random.Random(args.seed)
+        decoder = CaptionDecoder(**size, memory_time_positions=positions)
+        optimizer = torch.optim.AdamW(decoder.parameters(), lr=args.lr)
+        begin = time.perf_counter()
+        for epoch in range(1, args.epochs + 1):
+            order = list(range(len(clips["train"])))
+            rng.shuffle(order)
+            decoder.train()
+            for i in range(0, len(order), args.batch_size):
+                chunk = [clips["train"][j] for j in order[i : i + args.batch_size]]
+                tokens, mask, steps = _padded(chunk)
+                captions = [rng.choice(c[3]) for c in chunk]
+                tokens_in, tokens_out = encode_captions(tokenizer, captions, size["max_length"])
+                logits = decoder(tokens_in, tokens, mask, time_index=steps)
+                loss = caption_loss(logits, tokens_out, tokenizer.pad_id())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            row = {"time_positions": positions, "epoch": epoch, "last_loss": round(loss.item(), 3)}
+            for split in ("test", "valid"):
+                row[split] = {k: round(v, 3) for k, v in reading(decoder, split).items()}
+            row["seconds"] = round(time.perf_counter() - begin)
+            print(json.dumps(row), flush=True)
+
+
 def oracle(args) -> None:
     """Prints how many clips share a description, and the oracle's expected R@1."""
     scenes = _scenes(Path(args.data_folder) / f"{args.split}.csv")
@@ -534,6 +662,13 @@ def main(argv=None):
     p.add_argument("--split", default="valid", choices=("valid", "test"))
     p.add_argument("--overrides", default="", help="JSON overrides")
     p.set_defaults(func=zeroshot)
+    p = sub.add_parser("decoder_order", help="fresh decoders on frozen tokens, with/without time")
+    p.add_argument("output_folder")
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=decoder_order)
     p = sub.add_parser("oracle", help="clips sharing a description")
     p.add_argument("data_folder")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
