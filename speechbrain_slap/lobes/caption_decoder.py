@@ -551,8 +551,9 @@ class CaptionDecoder(nn.Module):
         with _inference(self):
             memory = self.project_audio(audio, audio_mask, time_index)
             # The searcher describes padding by lengths (valid rows first).
-            # Cross-attention has no position on the memory side, so moving the
-            # valid rows to the front changes nothing for any mask.
+            # Cross-attention has no position on the memory side (time steps, if
+            # any, are already added to each row), so moving the valid rows to
+            # the front changes nothing for any mask.
             order = torch.argsort((~audio_mask).to(torch.uint8), dim=1, stable=True)
             memory = memory.gather(1, order[..., None].expand_as(memory))
             relative = audio_mask.sum(dim=1).float() / memory.shape[1]
