@@ -88,6 +88,7 @@ from speechbrain_slap.lobes.packing import (
     num_tokens_for_duration,
     random_token_mask,
     unpack_tokens,
+    unpack_values,
 )
 from speechbrain_slap.losses import teacher_temperature
 from speechbrain_slap.metrics import mean_recall_at_1, retrieval_metrics, zero_shot_accuracy
@@ -229,7 +230,7 @@ class SLAPBrain(sb.Brain):
     def _caption_prompt_scores(self, tokens, packed) -> torch.Tensor:
         """``(B, K)`` decoder log-likelihood of each zero-shot prompt opening each caption."""
         audio, audio_mask = unpack_tokens(tokens, packed.cu_seqlens)
-        time_index = unpack_tokens(packed.pos_t.float()[:, None], packed.cu_seqlens)[0][..., 0]
+        time_index = unpack_values(packed.pos_t, packed.cu_seqlens)
         decoder = _unwrap(self.modules.caption_decoder)
         prefixes = self.caption_prompt_ids.to(tokens.device)
         return decoder.prefix_log_likelihoods(audio, audio_mask, prefixes, time_index).cpu()

@@ -54,7 +54,12 @@ from speechbrain_slap.evaluation import process_files
 from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
-from speechbrain_slap.lobes.packing import PATCH_FRAMES, num_time_patches, unpack_tokens
+from speechbrain_slap.lobes.packing import (
+    PATCH_FRAMES,
+    num_time_patches,
+    unpack_tokens,
+    unpack_values,
+)
 from speechbrain_slap.model_folder.loading import CheckedFolderLoading
 from speechbrain_slap.precision import InferencePrecision
 from speechbrain_slap.prompts import DEFAULT_TEMPLATE, check_templates, prompts_for
@@ -620,14 +625,14 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
         cu = torch.zeros(len(memory) + 1, dtype=torch.int32, device=memory[0].device)
         cu[1:] = torch.cumsum(torch.tensor([m.shape[0] for m in memory], device=cu.device), 0)
         audio, audio_mask = unpack_tokens(torch.cat(memory), cu)
-        time_index = unpack_tokens(torch.cat([torch.cat(t) for t in steps])[:, None], cu)[0]
+        time_index = unpack_values(torch.cat([torch.cat(t) for t in steps]), cu)
         with self.inference_ctx:
             ids = self.mods.caption_decoder.beam_search(
                 audio,
                 audio_mask,
                 beam_size=beam_size,
                 max_length=max_length,
-                time_index=time_index[..., 0],
+                time_index=time_index,
             )
         return [decode_ids(self.hparams.tokenizer, seq) for seq in ids]
 

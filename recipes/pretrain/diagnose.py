@@ -438,11 +438,11 @@ def _clip_tokens(brain, datasets, hparams, split):
 
 def _padded(clips):
     """Padded tokens, mask and time steps of a list of ``_clip_tokens`` entries."""
-    from speechbrain_slap.lobes.packing import unpack_tokens
+    from speechbrain_slap.lobes.packing import unpack_tokens, unpack_values
 
     cu_seqlens = torch.tensor([0] + [len(c[1]) for c in clips]).cumsum(0)
     tokens, mask = unpack_tokens(torch.cat([c[1] for c in clips]), cu_seqlens)
-    steps = unpack_tokens(torch.cat([c[2] for c in clips])[:, None], cu_seqlens)[0][..., 0]
+    steps = unpack_values(torch.cat([c[2] for c in clips]), cu_seqlens)
     return tokens, mask, steps
 
 
@@ -471,15 +471,14 @@ def decoder_order(args) -> None:
     }
     print(f"frozen encoder tokens of {sum(map(len, clips.values()))} clips "
           f"({time.perf_counter() - begin:.0f} s)", flush=True)  # fmt: skip
-    trained = brain.modules.caption_decoder
-    size = {
-        "vocab_size": trained.vocab_size,
-        "audio_dim": trained.audio_proj.in_features,
-        "d_model": trained.audio_proj.out_features,
-        "num_layers": len(trained.layers.layers),
-        "num_heads": trained.layers.layers[0].self_attn.num_heads,
-        "ffn_dim": trained.layers.layers[0].linear1.out_features,
-        "max_length": trained.max_length,
+    size = {  # the recipe's decoder (its yaml names the same values)
+        "vocab_size": hparams["vocab_size"],
+        "audio_dim": hparams["embed_dim"],
+        "d_model": hparams["decoder_dim"],
+        "num_layers": hparams["decoder_layers"],
+        "num_heads": hparams["decoder_heads"],
+        "ffn_dim": hparams["decoder_ffn"],
+        "max_length": hparams["max_caption_tokens"],
     }
 
     def reading(decoder, split):

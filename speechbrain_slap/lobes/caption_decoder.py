@@ -31,7 +31,7 @@ from speechbrain.decoders.seq2seq import S2STransformerGreedySearcher
 from speechbrain.tokenizers.SentencePiece import SentencePiece
 from torch import nn
 
-from speechbrain_slap.lobes.packing import unpack_tokens
+from speechbrain_slap.lobes.packing import unpack_tokens, unpack_values
 
 PAD_INDEX = 0
 BOS_INDEX = 1
@@ -433,8 +433,8 @@ class CaptionDecoder(nn.Module):
         ``(B, U, vocab_size)`` logits, equal to ``forward`` on the padded batch.
         """
         audio, audio_mask = unpack_tokens(audio_tokens, cu_seqlens)
-        if time_index is not None:
-            time_index = unpack_tokens(time_index.float()[:, None], cu_seqlens)[0][..., 0]
+        if time_index is not None and self.memory_time_positions:
+            time_index = unpack_values(time_index, cu_seqlens)
         return self.forward(tokens_in, audio, audio_mask, time_index=time_index)
 
     def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):

@@ -169,6 +169,18 @@ def unpack_tokens(tokens: torch.Tensor, cu_seqlens: torch.Tensor):
     return padded, mask
 
 
+def unpack_values(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """``unpack_tokens`` for one float per token (e.g. ``PackedBatch.pos_t``): ``(B, L)``.
+
+    Example
+    -------
+    >>> unpack_values(torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 3, 5]))
+    tensor([[0., 1., 2.],
+            [0., 1., 0.]])
+    """
+    return unpack_tokens(values.float()[:, None], cu_seqlens)[0][..., 0]
+
+
 @dataclass
 class PackedBatch:
     """Tokens of several clips concatenated into one sequence.
