@@ -149,6 +149,7 @@ class SLAPBrain(sb.Brain):
     ``teacher_temp_warmup_steps``, optional ``spec_augment`` (list of modules),
     ``log_interval``, ``zeroshot_labels`` and ``zeroshot_prompts``; optional
     ``packing`` (default True; False pads every clip to ``max_duration``),
+    ``lr_scales`` (see ``init_optimizers``),
     ``contrastive_gradient_cache`` (default False) and
     ``max_nonfinite_steps_in_row`` (default 20; see the module docstring).
 
@@ -541,6 +542,41 @@ class SLAPBrain(sb.Brain):
             if reason is None and flag.item() > 0:
                 reason = "non-finite loss or gradient on another rank"
         return reason
+
+    def init_optimizers(self):
+        """SpeechBrain's one optimizer over all modules; ``lr_scales`` splits it in groups.
+
+        ``hparams.lr_scales`` (optional, ``{module name: factor}``, names of
+        ``modules``) gives each named module's parameters a group of their
+        own whose learning rate is the schedule's times the factor
+        (``WarmupCosineLR`` reads the group's ``lr_scale``); all other
+        parameters form the first group, at the schedule's rate. Empty or
+        absent: one group, as SpeechBrain builds it.
+        """
+        scales = dict(getattr(self.hparams, "lr_scales", None) or {})
+        if not scales or self.opt_class is None:
+            return super().init_optimizers()
+        unknown = sorted(set(scales) - set(self.modules.keys()))
+        if unknown:
+            raise ValueError(
+                f"lr_scales names {unknown}, which are not modules; "
+                f"expected some of {sorted(self.modules.keys())}"
+            )
+        if self.remove_vector_weight_decay:
+            raise ValueError("lr_scales and remove_vector_weight_decay cannot be combined")
+        seen, groups = set(), []
+        for name, factor in scales.items():
+            factor = float(factor)
+            if not math.isfinite(factor) or factor <= 0:
+                raise ValueError(f"lr_scales.{name} must be a positive number, got {factor}")
+            params = [p for p in self.modules[name].parameters() if id(p) not in seen]
+            seen.update(id(p) for p in params)
+            groups.append({"params": params, "lr_scale": factor})
+        rest = [p for p in self.modules.parameters() if id(p) not in seen]
+        self.optimizer = self.opt_class([{"params": rest}, *groups])
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
     def optimizers_step(self):
         """Clips the gradients of ALL parameter groups, then steps, or skips the step.

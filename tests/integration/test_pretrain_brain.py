@@ -259,6 +259,37 @@ def test_gradient_clipping_covers_all_parameter_groups(make_brain, make_batch, t
     assert stock["total"] > 1e3 * max_norm
 
 
+def test_lr_scales_give_a_module_its_own_group_and_rate(make_brain, make_batch, train_step):
+    """``lr_scales``: the decoder's parameters alone in group 2, at 3x the schedule's rate."""
+    brain, hparams, datasets = make_brain(lr_scales={"caption_decoder": 3.0})
+    batch = make_batch(datasets["train"])
+    brain.on_fit_start()
+    rest, decoder = brain.optimizer.param_groups
+    decoder_ids = {id(p) for p in hparams["caption_decoder"].parameters()}
+    assert {id(p) for p in decoder["params"]} == decoder_ids
+    assert not decoder_ids & {id(p) for p in rest["params"]}
+    assert len(rest["params"]) + len(decoder["params"]) == len(list(brain.modules.parameters()))
+    assert decoder["lr_scale"] == 3.0 and "lr_scale" not in rest
+
+    before = [p.detach().clone() for p in decoder["params"]]
+    train_step(brain, batch)
+    step1 = hparams["lr_schedule"].lr_at(1)
+    assert step1 > 0
+    assert rest["lr"] == pytest.approx(step1)
+    assert decoder["lr"] == pytest.approx(3.0 * step1)
+    assert any(not torch.equal(p, b) for p, b in zip(decoder["params"], before, strict=True))
+
+
+@pytest.mark.parametrize(
+    "scales, message",
+    [({"decoder": 2.0}, r"lr_scales names \['decoder'\]"), ({"caption_decoder": 0}, "positive")],
+)
+def test_lr_scales_reject_unknown_modules_and_bad_factors(make_brain, scales, message):
+    brain, _, _ = make_brain(lr_scales=scales)
+    with pytest.raises(ValueError, match=message):
+        brain.on_fit_start()
+
+
 def test_checkpoint_resume_gives_identical_next_step(make_brain, make_batch, train_step, tmp_path):
     """Save after 3 steps; step 4 after recovery in a fresh Brain reproduces loss and state."""
     output = tmp_path / "resume"
