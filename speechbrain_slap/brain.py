@@ -204,8 +204,13 @@ class SLAPBrain(sb.Brain):
             out["text_emb"] = self.modules.text_encoder(list(batch.caption))
         if weights["cap"] > 0:
             tokens_in, _ = batch.tokens_in
+            per_clip = tokens_in.shape[1] if tokens_in.dim() == 3 else 1  # decoder_captions
             out["caption_logits"] = self.modules.caption_decoder(
-                tokens_in, view1, cu_seqlens=packed.cu_seqlens, time_index=packed.pos_t
+                tokens_in.flatten(0, -2),
+                view1,
+                cu_seqlens=packed.cu_seqlens,
+                time_index=packed.pos_t,
+                captions_per_clip=per_clip,
             )
         if use_ssl:
             with torch.no_grad():
@@ -292,7 +297,7 @@ class SLAPBrain(sb.Brain):
         if "caption_logits" in predictions:
             tokens_out, _ = batch.tokens_out
             stats["cap"] = caption_loss(
-                predictions["caption_logits"], tokens_out, self.hparams.pad_index
+                predictions["caption_logits"], tokens_out.flatten(0, -2), self.hparams.pad_index
             )
             total = total + weights["cap"] * stats["cap"]
         if "student_logits" in predictions:

@@ -132,6 +132,7 @@ def stream_prepare(hparams, tokenizer):
         max_duration=hparams["max_duration"],
         tokenizer=tokenizer.sp,
         max_caption_tokens=hparams["max_caption_tokens"],
+        decoder_captions=hparams.get("decoder_captions", 1),
         sample_rate=hparams["sample_rate"],
         batches_per_epoch=hparams["batches_per_epoch"],
         shuffle_buffer=hparams["shuffle_buffer"],

@@ -36,7 +36,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain_slap.data.audio import AudioLoadError, load_audio
 from speechbrain_slap.data.batching import DurationBatchSampler
 from speechbrain_slap.data.manifest import load_manifest, split_captions
-from speechbrain_slap.lobes.caption_decoder import encode_captions
+from speechbrain_slap.lobes.caption_decoder import check_decoder_captions, clip_caption_ids
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,12 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
         ``train_csv`` / ``valid_csv`` / ``test_csv``, ``data_folder``,
         ``output_folder``, ``sample_rate``, ``max_duration``,
         ``max_caption_tokens``; optional ``train_shards``,
-        ``zeroshot_labels`` (manifests with a ``sound_type`` column) and
+        ``zeroshot_labels`` (manifests with a ``sound_type`` column),
         ``train_monitor_clips`` (N > 0 adds a ``train_monitor`` split: the
-        first N training rows with the evaluation pipelines).
+        first N training rows with the evaluation pipelines) and
+        ``decoder_captions`` (K > 1: the training split's ``tokens_in`` /
+        ``tokens_out`` are ``(K, U)``, the CLAP caption and up to ``K - 1`` other
+        captions of the clip, for the decoder).
     tokenizer : SentencePiece
         The caption tokenizer: SpeechBrain's ``SentencePiece`` (its ``sp`` is
         used) or a ``sentencepiece.SentencePieceProcessor``.
@@ -191,6 +194,7 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
     sample_rate = hparams["sample_rate"]
     max_samples = int(hparams["max_duration"] * sample_rate)
     labels = list(hparams.get("zeroshot_labels") or [])
+    decoder_captions = check_decoder_captions(hparams.get("decoder_captions", 1))
 
     def load(wav, train):
         try:
@@ -219,9 +223,13 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
             captions = split_captions(captions)
             caption = random.choice(captions) if train else captions[0]
             yield caption
-            tokens_in, tokens_out = encode_captions(sp, [caption], hparams["max_caption_tokens"])
-            yield tokens_in[0]
-            yield tokens_out[0]
+            decoded = [caption]
+            if train and decoder_captions > 1:  # and others, at random, for the decoder
+                others = [other for other in captions if other != caption]
+                decoded += random.sample(others, min(decoder_captions - 1, len(others)))
+            yield from clip_caption_ids(
+                sp, decoded, hparams["max_caption_tokens"], rows=train and decoder_captions > 1
+            )
 
         return pipeline
 

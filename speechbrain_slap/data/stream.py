@@ -76,7 +76,7 @@ from speechbrain_slap.data import batching
 from speechbrain_slap.data.audio import decode_audio
 from speechbrain_slap.data.manifest import CAPTION_SEPARATOR
 from speechbrain_slap.data.shards import INDEX_NAME
-from speechbrain_slap.lobes.caption_decoder import encode_captions
+from speechbrain_slap.lobes.caption_decoder import check_decoder_captions, clip_caption_ids
 
 logger = logging.getLogger(__name__)
 
@@ -375,6 +375,9 @@ class ShardStream(IterableDataset):
         Caption tokenizer; with it batches carry ``tokens_in``/``tokens_out``.
     max_caption_tokens : int
         The caption decoder's ``max_length`` (BOS/EOS included).
+    decoder_captions : int
+        With ``train`` and K > 1, ``tokens_in``/``tokens_out`` are ``(K, U)``:
+        the clip's CLAP caption and up to ``K - 1`` others, for the decoder.
     sample_rate : int
         Output sample rate (audio at another rate is resampled).
     batches_per_epoch : int, optional
@@ -414,6 +417,7 @@ class ShardStream(IterableDataset):
         max_duration: float = 30.0,
         tokenizer=None,
         max_caption_tokens: int = 64,
+        decoder_captions: int = 1,
         sample_rate: int = 16000,
         batches_per_epoch: int | None = None,
         shuffle_buffer: int = 1000,
@@ -446,6 +450,7 @@ class ShardStream(IterableDataset):
         self.max_duration = float(max_duration)
         self.tokenizer = tokenizer
         self.max_caption_tokens = max_caption_tokens
+        self.decoder_captions = check_decoder_captions(decoder_captions)
         self.sample_rate = sample_rate
         self.shuffle_buffer = max(int(shuffle_buffer), 1)
         self.seed = int(seed)
@@ -558,10 +563,14 @@ class ShardStream(IterableDataset):
             "caption": caption,
         }
         if self.tokenizer is not None:
-            tokens_in, tokens_out = encode_captions(
-                self.tokenizer, [caption], self.max_caption_tokens
+            decoded, rows = [caption], self.train and self.decoder_captions > 1
+            if rows:  # and others, at random, for the decoder
+                others = [other for other in captions if other != caption]
+                picked = rng.permutation(len(others))[: self.decoder_captions - 1]
+                decoded += [others[index] for index in picked]
+            example["tokens_in"], example["tokens_out"] = clip_caption_ids(
+                self.tokenizer, decoded, self.max_caption_tokens, rows=rows
             )
-            example["tokens_in"], example["tokens_out"] = tokens_in[0], tokens_out[0]
         return example
 
     def __iter__(self) -> Iterator[PaddedBatch]:

@@ -372,6 +372,7 @@ class CaptionDecoder(nn.Module):
         audio_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         time_index: torch.Tensor | None = None,
+        captions_per_clip: int = 1,
     ) -> torch.Tensor:
         """Teacher-forced logits for a padded audio batch.
 
@@ -393,16 +394,30 @@ class CaptionDecoder(nn.Module):
             Time step of each audio token, shaped like ``audio`` without its
             last dimension (``(B, L)``, or ``(N,)`` when packed); used with
             ``memory_time_positions``.
+        captions_per_clip : int
+            Caption rows per clip: ``tokens_in`` then holds ``B * captions_per_clip``
+            rows, each clip's consecutive, all read from that clip's memory (a
+            clip's several captions learnt from one encoder pass).
 
         Returns
         -------
-        ``(B, U, vocab_size)`` logits; position ``t`` predicts ``tokens_out[:, t]``.
+        ``(rows, U, vocab_size)`` logits; position ``t`` predicts ``tokens_out[:, t]``.
         """
         if cu_seqlens is not None:
-            return self.forward_packed(tokens_in, audio, cu_seqlens, time_index)
+            return self.forward_packed(
+                tokens_in, audio, cu_seqlens, time_index, captions_per_clip=captions_per_clip
+            )
         if audio_mask is None:
             raise ValueError("padded audio needs audio_mask (or pass cu_seqlens for packed audio)")
         memory = self.project_audio(audio, audio_mask, time_index)
+        if captions_per_clip != 1:
+            if captions_per_clip < 1 or tokens_in.shape[0] != audio.shape[0] * captions_per_clip:
+                raise ValueError(
+                    f"captions_per_clip={captions_per_clip} needs {captions_per_clip} caption "
+                    f"rows per clip: {audio.shape[0]} clips, got {tokens_in.shape[0]} rows"
+                )
+            memory = memory.repeat_interleave(captions_per_clip, dim=0)
+            audio_mask = audio_mask.repeat_interleave(captions_per_clip, dim=0)
         return self.head(self.forward_features(tokens_in, memory, ~audio_mask))
 
     def forward_packed(
@@ -411,6 +426,7 @@ class CaptionDecoder(nn.Module):
         audio_tokens: torch.Tensor,
         cu_seqlens: torch.Tensor,
         time_index: torch.Tensor | None = None,
+        captions_per_clip: int = 1,
     ) -> torch.Tensor:
         """Teacher-forced logits for packed encoder output.
 
@@ -427,15 +443,19 @@ class CaptionDecoder(nn.Module):
             ``(B + 1,)`` int32 cumulative token counts.
         time_index : torch.Tensor, optional
             ``(N,)`` time step of each packed token (``PackedBatch.pos_t``).
+        captions_per_clip : int
+            Caption rows per clip, as in ``forward``.
 
         Returns
         -------
-        ``(B, U, vocab_size)`` logits, equal to ``forward`` on the padded batch.
+        ``(rows, U, vocab_size)`` logits, equal to ``forward`` on the padded batch.
         """
         audio, audio_mask = unpack_tokens(audio_tokens, cu_seqlens)
         if time_index is not None and self.memory_time_positions:
             time_index = unpack_values(time_index, cu_seqlens)
-        return self.forward(tokens_in, audio, audio_mask, time_index=time_index)
+        return self.forward(
+            tokens_in, audio, audio_mask, time_index=time_index, captions_per_clip=captions_per_clip
+        )
 
     def decode(self, tokens: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):
         """One decoding step in SpeechBrain's searcher interface.
@@ -759,6 +779,58 @@ def encode_captions(sp: SentencePieceProcessor, captions: Sequence[str], max_len
         tokens_in[row, : len(ids) + 1] = torch.tensor([sp.bos_id(), *ids])
         tokens_out[row, : len(ids) + 1] = torch.tensor([*ids, sp.eos_id()])
     return tokens_in, tokens_out
+
+
+def check_decoder_captions(value) -> int:
+    """``decoder_captions`` as an int >= 1, or a ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"decoder_captions must be an int >= 1 (captions per clip the decoder learns "
+            f"each step), got {value!r}"
+        )
+    return value
+
+
+def clip_caption_ids(
+    sp: SentencePieceProcessor, captions: Sequence[str], max_length: int, rows: bool = False
+):
+    """Teacher-forcing ids of one training clip's decoder captions.
+
+    With ``rows`` False (``decoder_captions: 1``), the first caption's ``(U,)``
+    ids; with ``rows`` True, every caption as one row of ``(K, U)`` ids, so that
+    a batch pads to ``(B, K, U)`` (a clip with fewer captions gets rows of
+    padding, which ``caption_loss`` ignores).
+
+    Arguments
+    ---------
+    sp : sentencepiece.SentencePieceProcessor
+        The caption tokenizer.
+    captions : sequence of str
+        The clip's captions, the one its CLAP loss uses first.
+    max_length : int
+        The decoder's ``max_length``.
+    rows : bool
+        One row per caption (``decoder_captions`` > 1).
+
+    Returns
+    -------
+    tokens_in, tokens_out : torch.Tensor
+        ``(U,)`` or ``(K, U)`` long ids (``encode_captions``).
+
+    Example
+    -------
+    >>> csv = getfixture("tmp_path") / "captions.csv"
+    >>> _ = csv.write_text("id,caption\\n0,a dog barks\\n1,a cat meows\\n")
+    >>> sp = train_caption_tokenizer(csv, csv.parent / "tok", model_type="char").sp
+    >>> clip_caption_ids(sp, ["a dog", "a cat"], 8)[0].shape
+    torch.Size([7])
+    >>> clip_caption_ids(sp, ["a dog", "a cat"], 8, rows=True)[0].shape
+    torch.Size([2, 7])
+    """
+    if not rows:
+        captions = captions[:1]
+    tokens_in, tokens_out = encode_captions(sp, captions, max_length)
+    return (tokens_in, tokens_out) if rows else (tokens_in[0], tokens_out[0])
 
 
 def caption_prompt_ids(sp: SentencePieceProcessor, prompts: Sequence[str]) -> torch.Tensor:

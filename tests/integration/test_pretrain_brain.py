@@ -13,6 +13,9 @@ import pytest
 import speechbrain as sb
 import torch
 
+from speechbrain_slap.data.manifest import split_captions
+from speechbrain_slap.lobes.caption_decoder import decode_ids
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ALL_WEIGHTS = {"clap": 1.0, "ssl": 1.0, "cap": 0.5}
@@ -288,6 +291,28 @@ def test_lr_scales_reject_unknown_modules_and_bad_factors(make_brain, scales, me
     brain, _, _ = make_brain(lr_scales=scales)
     with pytest.raises(ValueError, match=message):
         brain.on_fit_start()
+
+
+def test_decoder_captions_train_the_decoder_on_several_captions_per_clip(
+    make_brain, make_batch, recipe
+):
+    """decoder_captions=3: the training split gives (3, U) ids per clip, the CLAP caption
+    first; the decoder reads each clip's memory three times; evaluation keeps one caption."""
+    brain, hparams, datasets = make_brain(decoder_captions=3, spec_augment=[])
+    sp = recipe.prepare_tokenizer(hparams).sp
+    batch = make_batch(datasets["train"])
+    tokens_out, _ = batch.tokens_out
+    assert tokens_out.shape[:2] == (4, 3)
+    for k, captions in enumerate(batch.captions):
+        rows = [decode_ids(sp, row.tolist()) for row in tokens_out[k]]  # cut at max length
+        assert batch.caption[k].startswith(rows[0])
+        owners = [[c for c in split_captions(captions) if c.startswith(row)] for row in rows]
+        assert all(len(owner) == 1 for owner in owners), (rows, captions)
+        assert len({owner[0] for owner in owners}) == 3
+    predictions, loss = _forward(brain, batch)
+    assert predictions["caption_logits"].shape[:2] == (12, tokens_out.shape[2])
+    assert torch.isfinite(loss) and brain.loss_stats["cap"] > 0
+    assert datasets["valid"][0]["tokens_in"].dim() == 1
 
 
 def test_checkpoint_resume_gives_identical_next_step(make_brain, make_batch, train_step, tmp_path):

@@ -16,6 +16,7 @@ from speechbrain_slap.lobes.caption_decoder import (
     CaptionDecoder,
     caption_loss,
     caption_prompt_ids,
+    check_decoder_captions,
     decode_ids,
     encode_captions,
     time_embedding,
@@ -391,6 +392,38 @@ def test_time_positions_packed_padded_and_decoding_agree():
     greedy = decoder.greedy_decode(audio, mask, time_index=steps)
     assert decoder.beam_search(audio, mask, beam_size=1, time_index=steps) == greedy
     assert greedy != decoder.greedy_decode(audio, mask, time_index=steps + 40.0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("positions", [False, True])
+def test_several_captions_per_clip_equal_each_caption_alone(positions):
+    """captions_per_clip=K: row k of clip b is the logits of that caption on clip b alone."""
+    decoder = make_decoder(positions=positions)
+    audio, mask, packed, cu_seqlens = padded_audio(garbage=10.0)
+    steps = 2.0 * time_steps(mask) + 1.0
+    per_clip = 3
+    tokens = random_tokens(len(SEQLENS) * per_clip, 6)
+    logits = decoder(
+        tokens, packed, cu_seqlens=cu_seqlens, time_index=steps[mask], captions_per_clip=per_clip
+    )
+    assert logits.shape == (len(SEQLENS) * per_clip, 6, VOCAB)
+    for clip, length in enumerate(SEQLENS):
+        rows = tokens[clip * per_clip : (clip + 1) * per_clip]
+        alone = decoder(
+            rows,
+            audio[clip : clip + 1, :length].expand(per_clip, -1, -1),
+            torch.ones(per_clip, length, dtype=torch.bool),
+            time_index=steps[clip : clip + 1, :length].expand(per_clip, -1),
+        )
+        torch.testing.assert_close(
+            logits[clip * per_clip : (clip + 1) * per_clip], alone, atol=1e-5, rtol=1e-5
+        )
+    with pytest.raises(ValueError, match="captions_per_clip=2 needs 2 caption rows per clip"):
+        decoder(tokens, audio, mask, time_index=steps, captions_per_clip=2)
+    with pytest.raises(ValueError, match="decoder_captions must be an int >= 1"):
+        check_decoder_captions(0)
+    with pytest.raises(ValueError, match="decoder_captions must be an int >= 1"):
+        check_decoder_captions("4")
 
 
 def test_time_positions_need_time_index():

@@ -120,6 +120,29 @@ def test_batches_respect_the_duration_budget_and_carry_the_manifest_keys(corpus)
             assert not batch.tokens_in.data[k, n:].any()  # padded with the pad id 0
 
 
+def test_decoder_captions_give_each_clip_several_distinct_caption_rows(corpus):
+    """decoder_captions=3: rows of the CLAP caption then two other captions of the clip."""
+    shards, rows, sp = corpus
+    stream = _stream(shards, tokenizer=sp, max_caption_tokens=40, decoder_captions=3)
+    for batch in stream:
+        assert batch.tokens_in.data.shape[:2] == (len(batch.id), 3)
+        for k, clip_id in enumerate(batch.id):
+            captions = split_captions(rows[clip_id]["captions"])
+            expected = {c: encode_captions(sp, [c], 40) for c in captions}
+            found = []
+            for row in range(3):
+                for caption, (tokens_in, tokens_out) in expected.items():
+                    n = tokens_in.shape[1]
+                    if torch.equal(batch.tokens_in.data[k, row, :n], tokens_in[0]):
+                        assert torch.equal(batch.tokens_out.data[k, row, :n], tokens_out[0])
+                        assert not batch.tokens_in.data[k, row, n:].any()
+                        found.append(caption)
+                        break
+            assert found[0] == batch.caption[k] and len(set(found)) == 3, (clip_id, found)
+    with pytest.raises(ValueError, match="decoder_captions must be an int >= 1"):
+        _stream(shards, tokenizer=sp, decoder_captions=0)
+
+
 def _find(part, whole):
     """First offset at which ``part`` occurs in ``whole`` exactly, or None."""
     anchor = int(np.flatnonzero(part)[0])  # the clips start with silence: anchor on sound
