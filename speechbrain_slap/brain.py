@@ -203,10 +203,9 @@ class SLAPBrain(sb.Brain):
             out["audio_emb"] = self.modules.audio_pooling(view1, cu_seqlens=packed.cu_seqlens)
             out["text_emb"] = self.modules.text_encoder(list(batch.caption))
         if weights["cap"] > 0:
-            tokens_in, _ = batch.tokens_in
-            per_clip = tokens_in.shape[1] if tokens_in.dim() == 3 else 1  # decoder_captions
+            tokens_in, _, per_clip = self._decoder_targets(batch)
             out["caption_logits"] = self.modules.caption_decoder(
-                tokens_in.flatten(0, -2),
+                tokens_in,
                 view1,
                 cu_seqlens=packed.cu_seqlens,
                 time_index=packed.pos_t,
@@ -219,6 +218,24 @@ class SLAPBrain(sb.Brain):
             out["student_logits"] = self.modules.ssl_head(view2[token_mask])
             out["masked_clip_id"] = packed.clip_id[token_mask]
         return out
+
+    def _decoder_targets(self, batch):
+        """``(tokens_in, tokens_out, captions_per_clip)`` of the decoder's training rows.
+
+        ``(B, U)`` ids, one caption per clip; with ``decoder_captions`` K > 1
+        the batch holds ``(B, K, max_length)`` blocks (``clip_caption_ids``),
+        flattened here to ``(B * K, U)`` rows, each clip's consecutive, and cut
+        to the longest real row.
+        """
+        tokens_in, _ = batch.tokens_in
+        tokens_out, _ = batch.tokens_out
+        if tokens_in.dim() == 2:
+            return tokens_in, tokens_out, 1
+        per_clip = tokens_in.shape[1]
+        tokens_in, tokens_out = tokens_in.flatten(0, 1), tokens_out.flatten(0, 1)
+        real = tokens_out.ne(self.hparams.pad_index).any(dim=0).nonzero()
+        length = int(real.max()) + 1 if real.numel() else 1
+        return tokens_in[:, :length], tokens_out[:, :length], per_clip
 
     @property
     def caption_prompt_ids(self) -> torch.Tensor | None:
@@ -295,9 +312,9 @@ class SLAPBrain(sb.Brain):
             self.clap_negatives = _unwrap(self.modules.clap_loss).last_global_batch
             total = total + weights["clap"] * stats["clap"]
         if "caption_logits" in predictions:
-            tokens_out, _ = batch.tokens_out
+            _, tokens_out, _ = self._decoder_targets(batch)
             stats["cap"] = caption_loss(
-                predictions["caption_logits"], tokens_out.flatten(0, -2), self.hparams.pad_index
+                predictions["caption_logits"], tokens_out, self.hparams.pad_index
             )
             total = total + weights["cap"] * stats["cap"]
         if "student_logits" in predictions:

@@ -151,8 +151,9 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
         ``train_monitor_clips`` (N > 0 adds a ``train_monitor`` split: the
         first N training rows with the evaluation pipelines) and
         ``decoder_captions`` (K > 1: the training split's ``tokens_in`` /
-        ``tokens_out`` are ``(K, U)``, the CLAP caption and up to ``K - 1`` other
-        captions of the clip, for the decoder).
+        ``tokens_out`` are ``(K, max_caption_tokens)`` blocks, the CLAP caption
+        and up to ``K - 1`` other captions of the clip, for the decoder:
+        ``clip_caption_ids``).
     tokenizer : SentencePiece
         The caption tokenizer: SpeechBrain's ``SentencePiece`` (its ``sp`` is
         used) or a ``sentencepiece.SentencePieceProcessor``.
@@ -228,7 +229,10 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
                 others = [other for other in captions if other != caption]
                 decoded += random.sample(others, min(decoder_captions - 1, len(others)))
             yield from clip_caption_ids(
-                sp, decoded, hparams["max_caption_tokens"], rows=train and decoder_captions > 1
+                sp,
+                decoded,
+                hparams["max_caption_tokens"],
+                rows=decoder_captions if train and decoder_captions > 1 else 0,
             )
 
         return pipeline

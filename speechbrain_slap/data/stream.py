@@ -376,8 +376,9 @@ class ShardStream(IterableDataset):
     max_caption_tokens : int
         The caption decoder's ``max_length`` (BOS/EOS included).
     decoder_captions : int
-        With ``train`` and K > 1, ``tokens_in``/``tokens_out`` are ``(K, U)``:
-        the clip's CLAP caption and up to ``K - 1`` others, for the decoder.
+        With ``train`` and K > 1, ``tokens_in``/``tokens_out`` are
+        ``(K, max_caption_tokens)`` blocks: the clip's CLAP caption and up to
+        ``K - 1`` others, for the decoder (``clip_caption_ids``).
     sample_rate : int
         Output sample rate (audio at another rate is resampled).
     batches_per_epoch : int, optional
@@ -569,7 +570,10 @@ class ShardStream(IterableDataset):
                 picked = rng.permutation(len(others))[: self.decoder_captions - 1]
                 decoded += [others[index] for index in picked]
             example["tokens_in"], example["tokens_out"] = clip_caption_ids(
-                self.tokenizer, decoded, self.max_caption_tokens, rows=rows
+                self.tokenizer,
+                decoded,
+                self.max_caption_tokens,
+                rows=self.decoder_captions if rows else 0,
             )
         return example
 

@@ -792,14 +792,16 @@ def check_decoder_captions(value) -> int:
 
 
 def clip_caption_ids(
-    sp: SentencePieceProcessor, captions: Sequence[str], max_length: int, rows: bool = False
+    sp: SentencePieceProcessor, captions: Sequence[str], max_length: int, rows: int = 0
 ):
     """Teacher-forcing ids of one training clip's decoder captions.
 
-    With ``rows`` False (``decoder_captions: 1``), the first caption's ``(U,)``
-    ids; with ``rows`` True, every caption as one row of ``(K, U)`` ids, so that
-    a batch pads to ``(B, K, U)`` (a clip with fewer captions gets rows of
-    padding, which ``caption_loss`` ignores).
+    With ``rows`` 0 (``decoder_captions: 1``), the first caption's ``(U,)`` ids.
+    With ``rows`` K, a fixed ``(K, max_length)`` block: one row per caption,
+    padded with the pad id (whole rows of padding when the clip has fewer than
+    K captions; ``caption_loss`` ignores them), so that every clip of a batch
+    has the same shape (SpeechBrain's ``PaddedBatch`` pads the first dimension
+    only); ``SLAPBrain`` cuts the columns that are padding in every row.
 
     Arguments
     ---------
@@ -809,13 +811,13 @@ def clip_caption_ids(
         The clip's captions, the one its CLAP loss uses first.
     max_length : int
         The decoder's ``max_length``.
-    rows : bool
-        One row per caption (``decoder_captions`` > 1).
+    rows : int
+        0, or the rows of the block (``decoder_captions``), at least ``len(captions)``.
 
     Returns
     -------
     tokens_in, tokens_out : torch.Tensor
-        ``(U,)`` or ``(K, U)`` long ids (``encode_captions``).
+        ``(U,)`` or ``(rows, max_length)`` long ids (``encode_captions``).
 
     Example
     -------
@@ -824,13 +826,21 @@ def clip_caption_ids(
     >>> sp = train_caption_tokenizer(csv, csv.parent / "tok", model_type="char").sp
     >>> clip_caption_ids(sp, ["a dog", "a cat"], 8)[0].shape
     torch.Size([7])
-    >>> clip_caption_ids(sp, ["a dog", "a cat"], 8, rows=True)[0].shape
-    torch.Size([2, 7])
+    >>> tokens_in, _ = clip_caption_ids(sp, ["a dog", "a cat"], 8, rows=3)
+    >>> tokens_in.shape, tokens_in[2].tolist()
+    (torch.Size([3, 8]), [0, 0, 0, 0, 0, 0, 0, 0])
     """
     if not rows:
-        captions = captions[:1]
+        tokens_in, tokens_out = encode_captions(sp, captions[:1], max_length)
+        return tokens_in[0], tokens_out[0]
+    if not 1 <= len(captions) <= rows:
+        raise ValueError(f"need 1 to {rows} captions for {rows} rows, got {len(captions)}")
     tokens_in, tokens_out = encode_captions(sp, captions, max_length)
-    return (tokens_in, tokens_out) if rows else (tokens_in[0], tokens_out[0])
+    block_in = torch.full((rows, max_length), sp.pad_id(), dtype=torch.long)
+    block_out = block_in.clone()
+    block_in[: len(captions), : tokens_in.shape[1]] = tokens_in
+    block_out[: len(captions), : tokens_out.shape[1]] = tokens_out
+    return block_in, block_out
 
 
 def caption_prompt_ids(sp: SentencePieceProcessor, prompts: Sequence[str]) -> torch.Tensor:

@@ -123,12 +123,12 @@ def test_batches_respect_the_duration_budget_and_carry_the_manifest_keys(corpus)
 def test_decoder_captions_give_each_clip_several_distinct_caption_rows(corpus):
     """decoder_captions=3: rows of the CLAP caption then two other captions of the clip."""
     shards, rows, sp = corpus
-    stream = _stream(shards, tokenizer=sp, max_caption_tokens=40, decoder_captions=3)
-    for batch in stream:
-        assert batch.tokens_in.data.shape[:2] == (len(batch.id), 3)
+    stream = _stream(shards, tokenizer=sp, max_caption_tokens=300, decoder_captions=3)
+    for batch in stream:  # captions of several lengths, in fixed (3, 300) blocks
+        assert batch.tokens_in.data.shape == (len(batch.id), 3, 300)
         for k, clip_id in enumerate(batch.id):
             captions = split_captions(rows[clip_id]["captions"])
-            expected = {c: encode_captions(sp, [c], 40) for c in captions}
+            expected = {c: encode_captions(sp, [c], 300) for c in captions}
             found = []
             for row in range(3):
                 for caption, (tokens_in, tokens_out) in expected.items():
