@@ -203,7 +203,7 @@ class SLAPBrain(sb.Brain):
             out["audio_emb"] = self.modules.audio_pooling(view1, cu_seqlens=packed.cu_seqlens)
             out["text_emb"] = self.modules.text_encoder(list(batch.caption))
         if weights["cap"] > 0:
-            tokens_in, _, per_clip = self._decoder_targets(batch)
+            tokens_in, out["caption_targets"], per_clip = self._decoder_targets(batch)
             out["caption_logits"] = self.modules.caption_decoder(
                 tokens_in,
                 view1,
@@ -312,9 +312,10 @@ class SLAPBrain(sb.Brain):
             self.clap_negatives = _unwrap(self.modules.clap_loss).last_global_batch
             total = total + weights["clap"] * stats["clap"]
         if "caption_logits" in predictions:
-            _, tokens_out, _ = self._decoder_targets(batch)
             stats["cap"] = caption_loss(
-                predictions["caption_logits"], tokens_out, self.hparams.pad_index
+                predictions["caption_logits"],
+                predictions["caption_targets"],
+                self.hparams.pad_index,
             )
             total = total + weights["cap"] * stats["cap"]
         if "student_logits" in predictions:
@@ -588,9 +589,14 @@ class SLAPBrain(sb.Brain):
             raise ValueError("lr_scales and remove_vector_weight_decay cannot be combined")
         seen, groups = set(), []
         for name, factor in scales.items():
-            factor = float(factor)
+            try:
+                factor = float(factor)
+            except (TypeError, ValueError):
+                factor = math.nan
             if not math.isfinite(factor) or factor <= 0:
-                raise ValueError(f"lr_scales.{name} must be a positive number, got {factor}")
+                raise ValueError(
+                    f"lr_scales.{name} must be a positive number, got {scales[name]!r}"
+                )
             params = [p for p in self.modules[name].parameters() if id(p) not in seen]
             seen.update(id(p) for p in params)
             groups.append({"params": params, "lr_scale": factor})

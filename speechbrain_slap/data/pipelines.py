@@ -224,16 +224,11 @@ def dataio_prepare(hparams: dict, tokenizer) -> dict[str, DynamicItemDataset]:
             captions = split_captions(captions)
             caption = random.choice(captions) if train else captions[0]
             yield caption
-            decoded = [caption]
-            if train and decoder_captions > 1:  # and others, at random, for the decoder
+            decoded, rows = [caption], decoder_captions if train else 1
+            if rows > 1:  # and others, at random, for the decoder
                 others = [other for other in captions if other != caption]
-                decoded += random.sample(others, min(decoder_captions - 1, len(others)))
-            yield from clip_caption_ids(
-                sp,
-                decoded,
-                hparams["max_caption_tokens"],
-                rows=decoder_captions if train and decoder_captions > 1 else 0,
-            )
+                decoded += random.sample(others, min(rows - 1, len(others)))
+            yield from clip_caption_ids(sp, decoded, hparams["max_caption_tokens"], rows=rows)
 
         return pipeline
 

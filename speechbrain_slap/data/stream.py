@@ -564,16 +564,12 @@ class ShardStream(IterableDataset):
             "caption": caption,
         }
         if self.tokenizer is not None:
-            decoded, rows = [caption], self.train and self.decoder_captions > 1
-            if rows:  # and others, at random, for the decoder
+            decoded, rows = [caption], self.decoder_captions if self.train else 1
+            if rows > 1:  # and others, at random, for the decoder
                 others = [other for other in captions if other != caption]
-                picked = rng.permutation(len(others))[: self.decoder_captions - 1]
-                decoded += [others[index] for index in picked]
+                decoded += [others[index] for index in rng.permutation(len(others))[: rows - 1]]
             example["tokens_in"], example["tokens_out"] = clip_caption_ids(
-                self.tokenizer,
-                decoded,
-                self.max_caption_tokens,
-                rows=self.decoder_captions if rows else 0,
+                self.tokenizer, decoded, self.max_caption_tokens, rows=rows
             )
         return example
 

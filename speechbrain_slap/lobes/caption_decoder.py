@@ -792,12 +792,13 @@ def check_decoder_captions(value) -> int:
 
 
 def clip_caption_ids(
-    sp: SentencePieceProcessor, captions: Sequence[str], max_length: int, rows: int = 0
+    sp: SentencePieceProcessor, captions: Sequence[str], max_length: int, rows: int = 1
 ):
-    """Teacher-forcing ids of one training clip's decoder captions.
+    """Teacher-forcing ids of one clip's decoder captions.
 
-    With ``rows`` 0 (``decoder_captions: 1``), the first caption's ``(U,)`` ids.
-    With ``rows`` K, a fixed ``(K, max_length)`` block: one row per caption,
+    With ``rows`` 1 (``decoder_captions: 1``, and evaluation), the first
+    caption's ``(U,)`` ids. With ``rows`` K > 1, a fixed ``(K, max_length)``
+    block: one row per caption,
     padded with the pad id (whole rows of padding when the clip has fewer than
     K captions; ``caption_loss`` ignores them), so that every clip of a batch
     has the same shape (SpeechBrain's ``PaddedBatch`` pads the first dimension
@@ -812,7 +813,7 @@ def clip_caption_ids(
     max_length : int
         The decoder's ``max_length``.
     rows : int
-        0, or the rows of the block (``decoder_captions``), at least ``len(captions)``.
+        1, or the rows of the block (``decoder_captions``), at least ``len(captions)``.
 
     Returns
     -------
@@ -830,7 +831,7 @@ def clip_caption_ids(
     >>> tokens_in.shape, tokens_in[2].tolist()
     (torch.Size([3, 8]), [0, 0, 0, 0, 0, 0, 0, 0])
     """
-    if not rows:
+    if rows == 1:
         tokens_in, tokens_out = encode_captions(sp, captions[:1], max_length)
         return tokens_in[0], tokens_out[0]
     if not 1 <= len(captions) <= rows:

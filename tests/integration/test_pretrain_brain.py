@@ -285,7 +285,11 @@ def test_lr_scales_give_a_module_its_own_group_and_rate(make_brain, make_batch, 
 
 @pytest.mark.parametrize(
     "scales, message",
-    [({"decoder": 2.0}, r"lr_scales names \['decoder'\]"), ({"caption_decoder": 0}, "positive")],
+    [
+        ({"decoder": 2.0}, r"lr_scales names \['decoder'\]"),
+        ({"caption_decoder": 0}, "positive"),
+        ({"caption_decoder": "fast"}, "caption_decoder must be a positive number, got 'fast'"),
+    ],
 )
 def test_lr_scales_reject_unknown_modules_and_bad_factors(make_brain, scales, message):
     brain, _, _ = make_brain(lr_scales=scales)
