@@ -83,6 +83,7 @@ from speechbrain_slap.gradient_cache import (
 )
 from speechbrain_slap.lobes.caption_decoder import caption_loss
 from speechbrain_slap.lobes.features import pad_to_hop
+from speechbrain_slap.lobes.onset import check_onset_settings, onset_windows
 from speechbrain_slap.lobes.packing import (
     concat_packed,
     num_tokens_for_duration,
@@ -181,6 +182,9 @@ class SLAPBrain(sb.Brain):
                 "n_tokens": int(packed.cu_seqlens[-1]),
                 "audio_emb": self.modules.audio_pooling(tokens, cu_seqlens=packed.cu_seqlens),
             }
+            if getattr(self.hparams, "zeroshot_prompts", None):
+                window, window_cu = onset_windows(tokens, packed, *self.onset_settings())
+                out["onset_emb"] = self.modules.audio_pooling(window, cu_seqlens=window_cu)
             if stage == sb.Stage.TEST and self.caption_prompt_ids is not None:
                 out["caption_prompt_scores"] = self._caption_prompt_scores(tokens, packed)
             return out
@@ -249,6 +253,18 @@ class SLAPBrain(sb.Brain):
         """
         ids = getattr(self.hparams, "zeroshot_prompt_ids", None)
         return ids if ids is not None and "caption_decoder" in self.modules else None
+
+    def onset_settings(self) -> tuple[float, int]:
+        """``(onset_threshold, onset_window_steps)`` of the hparams (0.25 and 3 by default).
+
+        They place each evaluated clip's onset window (``lobes/onset.py``),
+        whose pooled embedding the zero-shot prompts score as
+        ``zeroshot_onset_accuracy``: which sound the clip opens with.
+        """
+        threshold = getattr(self.hparams, "onset_threshold", 0.25)
+        window_steps = getattr(self.hparams, "onset_window_steps", 3)
+        check_onset_settings(threshold, window_steps)
+        return threshold, window_steps
 
     def _caption_prompt_scores(self, tokens, packed) -> torch.Tensor:
         """``(B, K)`` decoder log-likelihood of each zero-shot prompt opening each caption."""
@@ -705,7 +721,13 @@ class SLAPBrain(sb.Brain):
         if not sb.utils.distributed.if_main_process():
             return
         record = {"step": self.optimizer_step, "epoch": epoch}
-        for key in ("t2a_R@1", "a2t_R@1", "mean_R@1", "zeroshot_accuracy"):
+        for key in (
+            "t2a_R@1",
+            "a2t_R@1",
+            "mean_R@1",
+            "zeroshot_accuracy",
+            "zeroshot_onset_accuracy",
+        ):
             if key in valid_metrics:
                 record[f"valid_{key}"] = valid_metrics[key]
             if f"train_{key}" in monitor:
@@ -831,7 +853,7 @@ class SLAPBrain(sb.Brain):
             self._busy_seconds = 0.0
         else:
             self.eval_audio, self.eval_captions, self.eval_labels = [], [], []
-            self.eval_caption_scores = []
+            self.eval_caption_scores, self.eval_onset = [], []
 
     def evaluate_batch(self, batch, stage):
         """SpeechBrain's ``evaluate_batch``; items that could not be read are left out."""
@@ -842,6 +864,8 @@ class SLAPBrain(sb.Brain):
 
     def _collect_eval(self, predictions, batch):
         self.eval_audio.append(predictions["audio_emb"].float().cpu())
+        if "onset_emb" in predictions:
+            self.eval_onset.append(predictions["onset_emb"].float().cpu())
         self.eval_captions.extend(split_captions(c) for c in batch.captions)
         if "caption_prompt_scores" in predictions:
             self.eval_caption_scores.append(predictions["caption_prompt_scores"])
@@ -878,14 +902,14 @@ class SLAPBrain(sb.Brain):
             return {}
         from speechbrain_slap.data.pipelines import loader_kwargs
 
-        kept = (self.eval_audio, self.eval_captions, self.eval_labels)
-        self.eval_audio, self.eval_captions, self.eval_labels = [], [], []
+        kept = (self.eval_audio, self.eval_captions, self.eval_labels, self.eval_onset)
+        self.eval_audio, self.eval_captions, self.eval_labels, self.eval_onset = [], [], [], []
         kwargs = loader_kwargs(monitor, {**vars(self.hparams), "num_workers": 0}, train=False)
         for batch in torch.utils.data.DataLoader(monitor, **kwargs):
             if len(batch):
                 self._collect_eval(self.compute_forward(batch, sb.Stage.VALID), batch)
         metrics, _, _ = self.evaluate_retrieval()
-        self.eval_audio, self.eval_captions, self.eval_labels = kept
+        self.eval_audio, self.eval_captions, self.eval_labels, self.eval_onset = kept
         return {f"train_{key}": value for key, value in metrics.items()}
 
     def evaluate_retrieval(self):
@@ -925,6 +949,11 @@ class SLAPBrain(sb.Brain):
                 metrics["zeroshot_accuracy"] = zero_shot_accuracy(
                     audio[labelled] @ prompts.T, labels[labelled]
                 )
+                if getattr(self, "eval_onset", None):
+                    onset = torch.nn.functional.normalize(torch.cat(self.eval_onset), dim=-1)
+                    metrics["zeroshot_onset_accuracy"] = zero_shot_accuracy(
+                        onset[labelled] @ prompts.T, labels[labelled]
+                    )
                 if getattr(self, "eval_caption_scores", None):
                     scores = torch.cat(self.eval_caption_scores)
                     metrics["zeroshot_caption_accuracy"] = zero_shot_accuracy(

@@ -21,7 +21,7 @@ MAX_ANNOTATED_CLASSES = 16
 RETRIEVAL_CURVES = tuple(
     f"{split}_{key}"
     for split in ("valid", "train")
-    for key in ("t2a_R@1", "a2t_R@1", "zeroshot_accuracy")
+    for key in ("t2a_R@1", "a2t_R@1", "zeroshot_accuracy", "zeroshot_onset_accuracy")
 )
 
 

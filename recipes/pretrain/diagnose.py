@@ -49,6 +49,16 @@ clips that hold one sound::
 
     python recipes/pretrain/diagnose.py zeroshot results/pretrain_tiny_synth/1234 --split valid
 
+``onset``: how the recipe's ``zeroshot_onset_accuracy`` comes about, for a
+trained recipe output (``lobes/onset.py``): how often the detected onset step
+falls in the clip's first event (the manifest's ``events``, one step of
+slack either side), the first-sound accuracy of the onset windows, and of a
+window of the same length placed at the true first onset (what a perfect
+detector would give), beside the clip embedding's; ``--thresholds`` and
+``--windows`` score other settings of the detector on the same tokens::
+
+    python recipes/pretrain/diagnose.py onset results/pretrain_tiny_synth/1234 --split valid
+
 ``pooling``: how fast the tiny encoder learns which sound types a clip holds
 under each pooling, supervised (no text, no SSL): a linear head on the pooled
 tokens is trained with a multi-label loss on the training clips, and the
@@ -526,6 +536,60 @@ def decoder_order(args) -> None:
             print(json.dumps(row), flush=True)
 
 
+def onset(args) -> None:
+    """Prints onset detection and first-sound accuracy of onset windows under each setting."""
+    from speechbrain_slap.data.synthetic import SOUND_TYPES, parse_events
+    from speechbrain_slap.lobes.onset import onset_steps, onset_windows
+    from speechbrain_slap.lobes.packing import PackedBatch
+
+    output = Path(args.output_folder)
+    overrides = {"output_folder": str(output), **json.loads(args.overrides or "{}")}
+    hparams, datasets, brain, _ = build(str(output / "hyperparams.yaml"), overrides)
+    brain.checkpointer.recover_if_possible(max_key="mean_R@1")
+    brain.modules.eval()
+    pool = brain.modules.audio_pooling
+    with open(hparams[f"{args.split}_csv"], newline="", encoding="utf-8") as fin:
+        events = {row["ID"]: parse_events(row["events"]) for row in csv.DictReader(fin)}
+    prompts = torch.nn.functional.normalize(
+        brain._embed_texts(list(hparams["zeroshot_prompts"])), dim=-1
+    )
+    step_seconds = 0.16  # 16 frames of 10 ms per time step
+
+    def first_sound(embeddings):
+        return (torch.nn.functional.normalize(embeddings, dim=-1) @ prompts.T).argmax(1).tolist()
+
+    counts, n = collections.Counter(), 0
+    for cid, tokens, steps, _ in _clip_tokens(brain, datasets, hparams, args.split):
+        zeros = torch.zeros(len(tokens), dtype=torch.long)  # one clip; bands unused here
+        packed = PackedBatch(
+            tokens, torch.tensor([0, len(tokens)]), len(tokens), steps.long(), zeros, zeros
+        )
+        first = events[cid][0]
+        label = SOUND_TYPES.index(first.sound_type)
+        span = (int(first.onset / step_seconds) - 1, int(first.offset / step_seconds) + 1)
+        with torch.no_grad():
+            whole = pool(tokens, cu_seqlens=packed.cu_seqlens)
+            counts["clip"] += first_sound(whole)[0] == label
+            for threshold in args.thresholds:
+                step = int(onset_steps(tokens, packed, threshold)[0])
+                counts[f"detected: threshold {threshold}"] += span[0] <= step <= span[1]
+                for window_steps in args.windows:
+                    window, cu = onset_windows(tokens, packed, threshold, window_steps)
+                    counts[f"onset window: threshold {threshold}, {window_steps} steps"] += (
+                        first_sound(pool(window, cu_seqlens=cu))[0] == label
+                    )
+            for window_steps in args.windows:
+                start = min(span[0] + 1, int(steps.max()))
+                keep = (steps >= start) & (steps < start + window_steps)
+                true = pool(tokens[keep], cu_seqlens=torch.tensor([0, int(keep.sum())]))
+                counts[f"window at the true onset: {window_steps} steps"] += (
+                    first_sound(true)[0] == label
+                )
+        n += 1
+    report = {"split": args.split, "clips": n, **{k: v / n for k, v in counts.items()}}
+    print(json.dumps(report, indent=2))
+
+
 def oracle(args) -> None:
     """Prints how many clips share a description, and the oracle's expected R@1."""
     scenes = _scenes(Path(args.data_folder) / f"{args.split}.csv")
@@ -668,6 +732,13 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=decoder_order)
+    p = sub.add_parser("onset", help="onset detection and the onset windows' zero-shot")
+    p.add_argument("output_folder")
+    p.add_argument("--split", default="valid", choices=("valid", "test"))
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.25])
+    p.add_argument("--windows", type=int, nargs="+", default=[3])
+    p.add_argument("--overrides", default="", help="JSON overrides")
+    p.set_defaults(func=onset)
     p = sub.add_parser("oracle", help="clips sharing a description")
     p.add_argument("data_folder")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))

@@ -470,3 +470,45 @@ def test_test_stage_scores_zero_shot_by_the_caption_decoder(make_brain, make_bat
     metrics, _, _ = brain.evaluate_retrieval()
     expected = zero_shot_accuracy(out["caption_prompt_scores"], labels)
     assert metrics["zeroshot_caption_accuracy"] == pytest.approx(expected)
+
+
+def test_valid_and_test_stages_score_zero_shot_on_the_onset_windows(make_brain, make_batch):
+    """With prompts, valid and test pool each clip's onset window (``lobes/onset.py``)
+    with the MAP head, and ``zeroshot_onset_accuracy`` scores those embeddings against the
+    prompts; the train monitor keeps the stage's windows; bad settings name the field."""
+    from speechbrain_slap.lobes.onset import onset_windows
+    from speechbrain_slap.metrics import zero_shot_accuracy
+
+    brain, hparams, datasets = make_brain()
+    assert brain.onset_settings() == (hparams["onset_threshold"], hparams["onset_window_steps"])
+    batch = make_batch(datasets["test"], indices=(0, 1, 2))
+    brain.modules.eval()
+    with torch.no_grad():
+        out = brain.compute_forward(batch, sb.Stage.VALID)
+        packed = out["packed"]
+        tokens = brain.modules.audio_encoder(packed)
+        window, cu_seqlens = onset_windows(tokens, packed, *brain.onset_settings())
+        for b in range(len(batch)):
+            alone = window[cu_seqlens[b] : cu_seqlens[b + 1]]
+            expected = brain.modules.audio_pooling(alone, cu_seqlens=torch.tensor([0, len(alone)]))
+            torch.testing.assert_close(out["onset_emb"][b : b + 1], expected)
+    assert not torch.allclose(out["onset_emb"], out["audio_emb"])
+    brain.on_stage_start(sb.Stage.VALID)
+    brain._collect_eval(out, batch)
+    labels = torch.tensor([0, -1, 3])
+    brain.eval_labels = [labels]
+    metrics, _, _ = brain.evaluate_retrieval()
+    prompts = torch.nn.functional.normalize(
+        brain._embed_texts(list(hparams["zeroshot_prompts"])), dim=-1
+    )
+    onset = torch.nn.functional.normalize(out["onset_emb"], dim=-1)
+    expected = zero_shot_accuracy(onset[[0, 2]] @ prompts.T, [0, 3])
+    assert metrics["zeroshot_onset_accuracy"] == pytest.approx(expected)
+    kept = brain.eval_onset
+    brain.hparams.train_monitor = datasets["test"]
+    assert "train_zeroshot_onset_accuracy" in brain.monitor_train_retrieval()
+    assert brain.eval_onset is kept and len(kept) == 1
+
+    brain.hparams.onset_window_steps = 0
+    with pytest.raises(ValueError, match="onset_window_steps"):
+        brain.compute_forward(batch, sb.Stage.TEST)

@@ -106,6 +106,7 @@ def test_recipe_writes_test_results(output):
     assert results["t2a_R@5"] == results["t2a_R@10"] == 1.0
     assert 0.0 <= results["zeroshot_accuracy"] <= 1.0
     assert 0.0 <= results["zeroshot_caption_accuracy"] <= 1.0  # the captioner's reading
+    assert 0.0 <= results["zeroshot_onset_accuracy"] <= 1.0  # the onset windows' reading
     assert results["n_test_audio"] == N_TEST
     assert results["chance_R@1"] == pytest.approx(1.0 / N_TEST)
     assert results["mean_R@1"] == pytest.approx(0.5 * (results["t2a_R@1"] + results["a2t_R@1"]))
