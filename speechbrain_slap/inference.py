@@ -54,6 +54,7 @@ from speechbrain_slap.evaluation import process_files
 from speechbrain_slap.lobes.caption_decoder import decode_ids
 from speechbrain_slap.lobes.features import num_frames, pad_waveforms
 from speechbrain_slap.lobes.frame_encoder import time_step_features
+from speechbrain_slap.lobes.onset import onset_steps, onset_windows
 from speechbrain_slap.lobes.packing import (
     PATCH_FRAMES,
     num_time_patches,
@@ -726,6 +727,59 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
             out[i, : f.shape[0]], out_times[i, : t.shape[0]] = f, t
         frame_lens = torch.tensor([f.shape[0] / longest for f in frames])
         return out, out_times, frame_lens
+
+    @torch.no_grad()
+    def onset_embeddings(
+        self,
+        wavs: torch.Tensor,
+        wav_lens: torch.Tensor | None = None,
+        threshold: float = 0.25,
+        window_steps: int = 3,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of where each clip's first sound starts, and when it starts.
+
+        The onset window (``speechbrain_slap/lobes/onset.py``): the first time
+        step that stands out of the clip's median step by ``threshold`` of its
+        range, and ``window_steps`` steps (``frame_seconds`` each) from there,
+        pooled by the model's MAP head. Its embedding lives in the same space as
+        ``encode_audio_batch``'s, so prompts score it the same way: which sound
+        a clip opens with, where the clip embedding says which sounds it holds.
+        Audio longer than the model's window is read in its first window.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` waveforms (or one ``(S,)``).
+        wav_lens : torch.Tensor, optional
+            ``(B,)`` relative lengths.
+        threshold : float
+            In ``[0, 1)``: how far out of the clip's background the onset step is.
+        window_steps : int
+            Time steps pooled from the onset on (>= 1).
+
+        Returns
+        -------
+        embeddings : torch.Tensor
+            ``(B, D)`` L2-normalised, on the CPU.
+        onset_seconds : torch.Tensor
+            ``(B,)`` start time of each clip's onset step.
+
+        Example
+        -------
+        >>> onset, seconds = model.onset_embeddings(wavs)  # doctest: +SKIP
+        >>> prompts = model.label_embeddings(["dog", "bell"])  # doctest: +SKIP
+        >>> model.scores_from_embeddings(onset, prompts).argmax(dim=1)  # doctest: +SKIP
+        """
+        clips = self._split(wavs, wav_lens)
+        firsts = [clip[: self.window] for clip in clips]
+        embeddings, onsets = [], []
+        for tokens, packed in self._encode_windows(firsts):
+            window, cu_seqlens = onset_windows(tokens, packed, threshold, window_steps)
+            with self.inference_ctx:
+                emb = self.mods.audio_pooling(window, cu_seqlens=cu_seqlens)
+            embeddings.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+            onsets.append(onset_steps(tokens, packed, threshold).cpu())
+        return torch.cat(embeddings), self.frame_seconds * torch.cat(onsets).float()
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> torch.Tensor:
         """Audio embeddings (``encode_audio_batch``)."""

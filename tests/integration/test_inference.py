@@ -542,3 +542,31 @@ def test_weights_that_unpickle_objects_are_refused(slap_model_folder, tmp_path):
     write_checksums(folder)
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         SLAP.from_hparams(source=str(folder))
+
+
+def test_onset_embeddings_pool_each_clips_onset_window(model):
+    """Each clip's onset window pooled by the MAP head, as ``lobes/onset.py`` places it on
+    the clip's own tokens; its start in seconds; a burst after silence is found."""
+    from speechbrain_slap.lobes.onset import onset_steps, onset_windows
+
+    quiet = [0.001 * _tone(3.0, 300, seed=s) for s in (50, 51)]
+    quiet[0][16000:20000] += _tone(0.25, 500, seed=52)  # a burst at 1.0 s
+    quiet[1][8000:12000] += _tone(0.25, 700, seed=53)  # at 0.5 s, in a shorter clip
+    clips = [quiet[0], quiet[1][:32000]]
+    wavs, wav_lens = pad_waveforms(clips)
+    embeddings, seconds = model.onset_embeddings(wavs, wav_lens)
+    assert embeddings.shape == (2, 64)
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(2))
+    for b, clip in enumerate(clips):
+        with torch.no_grad():
+            one, lens = pad_waveforms([clip])
+            packed = model.mods.audio_encoder.patchify(model.mods.compute_features(one), lens)
+            tokens = model.mods.audio_encoder(packed)
+            window, cu_seqlens = onset_windows(tokens, packed, 0.25, 3)
+            expected = _unit(model.mods.audio_pooling(window, cu_seqlens=cu_seqlens))
+            step = int(onset_steps(tokens, packed, 0.25)[0])
+        assert torch.allclose(embeddings[b], expected[0], atol=1e-5)
+        assert float(seconds[b]) == pytest.approx(0.16 * step)
+    assert seconds.tolist() == pytest.approx([0.96, 0.48])  # the steps holding 1.0 s and 0.5 s
+    with pytest.raises(ValueError, match="onset_window_steps"):
+        model.onset_embeddings(wavs, wav_lens, window_steps=0)
