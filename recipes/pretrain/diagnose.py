@@ -540,7 +540,6 @@ def onset(args) -> None:
     """Prints onset detection and first-sound accuracy of onset windows under each setting."""
     from speechbrain_slap.data.synthetic import SOUND_TYPES, parse_events
     from speechbrain_slap.lobes.onset import onset_steps, onset_windows
-    from speechbrain_slap.lobes.packing import PackedBatch
 
     output = Path(args.output_folder)
     overrides = {"output_folder": str(output), **json.loads(args.overrides or "{}")}
@@ -556,36 +555,54 @@ def onset(args) -> None:
     step_seconds = 0.16  # 16 frames of 10 ms per time step
 
     def first_sound(embeddings):
-        return (torch.nn.functional.normalize(embeddings, dim=-1) @ prompts.T).argmax(1).tolist()
+        return (torch.nn.functional.normalize(embeddings, dim=-1) @ prompts.T).argmax(1)
 
     counts, n = collections.Counter(), 0
-    for cid, tokens, steps, _ in _clip_tokens(brain, datasets, hparams, args.split):
-        zeros = torch.zeros(len(tokens), dtype=torch.long)  # one clip; bands unused here
-        packed = PackedBatch(
-            tokens, torch.tensor([0, len(tokens)]), len(tokens), steps.long(), zeros, zeros
-        )
-        first = events[cid][0]
-        label = SOUND_TYPES.index(first.sound_type)
-        span = (int(first.onset / step_seconds) - 1, int(first.offset / step_seconds) + 1)
+    loader = brain.make_dataloader(
+        datasets[args.split],
+        sb.Stage.TEST,
+        **recipe.loader_kwargs(datasets[args.split], hparams, train=False),
+    )
+    for batch in loader:
         with torch.no_grad():
+            packed = brain._packed_features(batch, sb.Stage.TEST)
+            tokens = brain.modules.audio_encoder(packed)
+            labels = torch.tensor([SOUND_TYPES.index(events[i][0].sound_type) for i in batch.id])
+            # The first event's steps, one step of slack either side.
+            spans = torch.tensor(
+                [
+                    (
+                        int(events[i][0].onset / step_seconds),
+                        int(events[i][0].offset / step_seconds),
+                    )
+                    for i in batch.id
+                ]
+            )
+            clip_id = packed.clip_id.long()
+            last = torch.zeros(packed.batch_size, dtype=torch.long).scatter_reduce(
+                0, clip_id, packed.pos_t.long(), reduce="amax"
+            )
+            spans[:, 0] = torch.minimum(spans[:, 0], last)
             whole = pool(tokens, cu_seqlens=packed.cu_seqlens)
-            counts["clip"] += first_sound(whole)[0] == label
+            counts["clip"] += int((first_sound(whole) == labels).sum())
             for threshold in args.thresholds:
-                step = int(onset_steps(tokens, packed, threshold)[0])
-                counts[f"detected: threshold {threshold}"] += span[0] <= step <= span[1]
+                step = onset_steps(tokens, packed, threshold)
+                inside = (step >= spans[:, 0] - 1) & (step <= spans[:, 1] + 1)
+                counts[f"detected: threshold {threshold}"] += int(inside.sum())
                 for window_steps in args.windows:
                     window, cu = onset_windows(tokens, packed, threshold, window_steps)
-                    counts[f"onset window: threshold {threshold}, {window_steps} steps"] += (
-                        first_sound(pool(window, cu_seqlens=cu))[0] == label
+                    right = first_sound(pool(window, cu_seqlens=cu)) == labels
+                    counts[f"onset window: threshold {threshold}, {window_steps} steps"] += int(
+                        right.sum()
                     )
             for window_steps in args.windows:
-                start = min(span[0] + 1, int(steps.max()))
-                keep = (steps >= start) & (steps < start + window_steps)
-                true = pool(tokens[keep], cu_seqlens=torch.tensor([0, int(keep.sum())]))
-                counts[f"window at the true onset: {window_steps} steps"] += (
-                    first_sound(true)[0] == label
-                )
-        n += 1
+                offset = packed.pos_t.long() - spans[clip_id, 0]
+                keep = (offset >= 0) & (offset < window_steps)
+                cu = torch.zeros(packed.batch_size + 1, dtype=torch.long)
+                cu[1:] = torch.bincount(clip_id[keep], minlength=packed.batch_size).cumsum(0)
+                right = first_sound(pool(tokens[keep], cu_seqlens=cu)) == labels
+                counts[f"window at the true onset: {window_steps} steps"] += int(right.sum())
+        n += len(batch.id)
     report = {"split": args.split, "clips": n, **{k: v / n for k, v in counts.items()}}
     print(json.dumps(report, indent=2))
 

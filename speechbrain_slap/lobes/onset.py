@@ -4,11 +4,13 @@ A clip-level embedding pools the whole clip, so it says which sounds a clip
 holds, not which came first. The onset window is the part of the clip where
 its first sound starts, found from the encoder's own tokens:
 
-1. The clip's background is the per-dimension median of its time-step
-   features (the mean of each step's frequency tokens): in a clip that is
-   mostly background, the median step is background.
+1. The clip's background is, band by band, the per-dimension median of that
+   frequency band's tokens over the clip's time steps: in a clip that is
+   mostly background, the median step is background, and each band has its
+   own (a background noise is not flat across frequency).
 2. Each time step's distance from it is the largest distance of one of its
-   tokens (one frequency band is enough to carry a narrow-band event).
+   tokens from its band's background (one band is enough to carry a
+   narrow-band event).
 3. The onset is the first step whose distance exceeds ``threshold`` of the
    way from the clip's smallest distance to its largest.
 4. The window is ``window_steps`` time steps from the onset (160 ms each).
@@ -46,7 +48,8 @@ def onset_steps(tokens: torch.Tensor, packed: PackedBatch, threshold: float = 0.
     tokens : torch.Tensor
         ``(N, D)`` packed encoder output for ``packed``.
     packed : PackedBatch
-        The packed batch (``cu_seqlens`` and each token's time step ``pos_t``).
+        The packed batch (``cu_seqlens``, each token's time step ``pos_t`` and
+        frequency band ``pos_f``).
     threshold : float
         Share of the way from the clip's smallest step distance to its largest
         that a step must pass to be the onset, in ``[0, 1)``.
@@ -71,11 +74,13 @@ def onset_steps(tokens: torch.Tensor, packed: PackedBatch, threshold: float = 0.
     bounds = packed.cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         clip, steps = tokens[start:end].float(), packed.pos_t[start:end].long()
+        bands = packed.pos_f[start:end].long()
         step_ids, slot = torch.unique(steps, return_inverse=True)
         n_steps = len(step_ids)
-        sums = clip.new_zeros(n_steps, clip.shape[1]).index_add_(0, slot, clip)
-        counts = torch.bincount(slot, minlength=n_steps).clamp_min(1)
-        background = (sums / counts[:, None]).median(dim=0).values
+        background = torch.empty_like(clip)
+        for band in torch.unique(bands):
+            rows = bands == band
+            background[rows] = clip[rows].median(dim=0).values
         distance = (clip - background).norm(dim=1)
         per_step = distance.new_full((n_steps,), float("-inf")).scatter_reduce(
             0, slot, distance, reduce="amax"

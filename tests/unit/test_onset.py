@@ -27,10 +27,16 @@ def reference_onsets(tokens, packed, threshold):
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         clip = tokens[start:end].double().numpy()
         steps = packed.pos_t[start:end].numpy()
+        bands = packed.pos_f[start:end].numpy()
         order = sorted(set(steps.tolist()))
-        means = np.stack([clip[steps == s].mean(axis=0) for s in order])
-        background = np.sort(means, axis=0)[(len(order) - 1) // 2]
-        far = [max(np.linalg.norm(row - background) for row in clip[steps == s]) for s in order]
+        background = {}
+        for band in set(bands.tolist()):
+            rows = np.sort(clip[bands == band], axis=0)
+            background[band] = rows[(len(rows) - 1) // 2]
+        far = [
+            max(np.linalg.norm(clip[i] - background[bands[i]]) for i in np.flatnonzero(steps == s))
+            for s in order
+        ]
         low, high = min(far), max(far)
         onsets.append(
             next(
@@ -59,6 +65,11 @@ def test_the_onset_is_the_first_step_that_stands_out_of_the_background():
     tokens[(packed.clip_id == 1) & (packed.pos_t == 1) & (packed.pos_f == 3), 3] -= 4.0
     assert onset_steps(tokens, packed, threshold=0.25).tolist() == [6, 1]
     assert onset_steps(tokens, packed, threshold=0.05).tolist() == [2, 1]
+    # A strong steady background in one band does not hide a weak event in another.
+    tokens = 0.01 * noise
+    tokens[packed.pos_f == 2, 0] += 10.0
+    tokens[clip0 & (packed.pos_t == 4) & (packed.pos_f == 0), 1] += 1.0
+    assert onset_steps(tokens, packed, threshold=0.25).tolist()[0] == 4
     # Steps that are all alike: step 0.
     flat = torch.ones_like(tokens)
     assert onset_steps(flat, packed, threshold=0.25).tolist() == [0, 0]
