@@ -739,8 +739,9 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
         """Embeddings of where each clip's first sound starts, and when it starts.
 
         The onset window (``speechbrain_slap/lobes/onset.py``): the first time
-        step that stands out of the clip's median step by ``threshold`` of its
-        range, and ``window_steps`` steps (``frame_seconds`` each) from there,
+        step one of whose tokens stands out of its frequency band's median over
+        the clip by ``threshold`` of the clip's range, and ``window_steps``
+        steps (``frame_seconds`` each) from there,
         pooled by the model's MAP head. Its embedding lives in the same space as
         ``encode_audio_batch``'s, so prompts score it the same way: which sound
         a clip opens with, where the clip embedding says which sounds it holds.
