@@ -775,11 +775,12 @@ class SLAP(InferencePrecision, CheckedFolderLoading, Pretrained):
         firsts = [clip[: self.window] for clip in clips]
         embeddings, onsets = [], []
         for tokens, packed in self._encode_windows(firsts):
-            window, cu_seqlens = onset_windows(tokens, packed, threshold, window_steps)
+            onset = onset_steps(tokens, packed, threshold)
+            window, cu_seqlens = onset_windows(tokens, packed, threshold, window_steps, onset)
             with self.inference_ctx:
                 emb = self.mods.audio_pooling(window, cu_seqlens=cu_seqlens)
             embeddings.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
-            onsets.append(onset_steps(tokens, packed, threshold).cpu())
+            onsets.append(onset.cpu())
         return torch.cat(embeddings), self.frame_seconds * torch.cat(onsets).float()
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> torch.Tensor:

@@ -590,7 +590,7 @@ def onset(args) -> None:
                 inside = (step >= spans[:, 0] - 1) & (step <= spans[:, 1] + 1)
                 counts[f"detected: threshold {threshold}"] += int(inside.sum())
                 for window_steps in args.windows:
-                    window, cu = onset_windows(tokens, packed, threshold, window_steps)
+                    window, cu = onset_windows(tokens, packed, threshold, window_steps, step)
                     right = first_sound(pool(window, cu_seqlens=cu)) == labels
                     counts[f"onset window: threshold {threshold}, {window_steps} steps"] += int(
                         right.sum()

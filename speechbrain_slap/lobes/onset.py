@@ -96,6 +96,7 @@ def onset_windows(
     packed: PackedBatch,
     threshold: float = 0.25,
     window_steps: int = 3,
+    onsets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The tokens of each clip's onset window, packed, for a pooling head.
 
@@ -109,6 +110,9 @@ def onset_windows(
         As in ``onset_steps``.
     window_steps : int
         Time steps in the window, from the onset on (fewer where the clip ends).
+    onsets : torch.Tensor, optional
+        ``(B,)`` onset steps already computed by ``onset_steps`` with the same
+        ``threshold`` (a caller that also needs them computes them once).
 
     Returns
     -------
@@ -130,7 +134,7 @@ def onset_windows(
     [0, 8]
     """
     check_onset_settings(threshold, window_steps)
-    onset = onset_steps(tokens, packed, threshold)
+    onset = onset_steps(tokens, packed, threshold) if onsets is None else onsets
     clip_id = packed.clip_id.long()
     step = packed.pos_t.long() - onset[clip_id]
     keep = (step >= 0) & (step < window_steps)
